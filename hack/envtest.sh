@@ -44,6 +44,7 @@ for pkg in "${stamp_pkgs[@]}"; do
 done
 
 staging=$(mktemp -d "$cache_root/.build.XXXXXX")
+chmod 755 "$staging"
 trap 'rm -rf "$staging"' EXIT
 
 build() { # name

@@ -1,0 +1,111 @@
+package leasedb
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// maxBatch bounds one transaction so a burst cannot delay the first ACK of
+// the batch for long.
+const maxBatch = 512
+
+var errCommitterClosed = errors.New("lease database is closing")
+
+// committer implements group commit: handlers queue their changes and wait;
+// one goroutine writes everything queued so far in a single transaction (one
+// fsync), then releases all of their ACKs together. Under load the batch
+// grows, so throughput is not bounded by fsync latency.
+type committer struct {
+	store   Store
+	queue   chan *commitRequest
+	observe func(batch int, took time.Duration, err error)
+	done    chan struct{}
+
+	// closing guards queue: commits hold it shared while they send, close
+	// holds it exclusively, so nothing sends on the closed channel.
+	closing sync.RWMutex
+	closed  bool
+}
+
+type commitRequest struct {
+	changes []Change
+	result  chan error
+}
+
+func newCommitter(store Store, observe func(int, time.Duration, error)) *committer {
+	c := &committer{
+		store:   store,
+		queue:   make(chan *commitRequest, maxBatch),
+		observe: observe,
+		done:    make(chan struct{}),
+	}
+	go c.run()
+	return c
+}
+
+// commit returns once changes are durable, or with the reason they are not.
+func (c *committer) commit(ctx context.Context, changes ...Change) error {
+	req := &commitRequest{changes: changes, result: make(chan error, 1)}
+	c.closing.RLock()
+	if c.closed {
+		c.closing.RUnlock()
+		return errCommitterClosed
+	}
+	select {
+	case c.queue <- req:
+		c.closing.RUnlock()
+	case <-ctx.Done():
+		c.closing.RUnlock()
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.result:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *committer) run() {
+	defer close(c.done)
+	var batch []*commitRequest
+	var changes []Change
+	for first := range c.queue {
+		batch = append(batch[:0], first)
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case req, ok := <-c.queue:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, req)
+			default:
+				break gather
+			}
+		}
+		changes = changes[:0]
+		for _, req := range batch {
+			changes = append(changes, req.changes...)
+		}
+		start := time.Now()
+		err := c.store.Apply(context.Background(), changes)
+		c.observe(len(batch), time.Since(start), err)
+		for _, req := range batch {
+			req.result <- err
+		}
+	}
+}
+
+// close writes what is queued and stops; later commits fail.
+func (c *committer) close() {
+	c.closing.Lock()
+	if !c.closed {
+		c.closed = true
+		close(c.queue)
+	}
+	c.closing.Unlock()
+	<-c.done
+}

@@ -1,0 +1,151 @@
+package leasedb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	// SQLite driver registered as "sqlite3".
+	_ "github.com/mattn/go-sqlite3"
+)
+
+// Store persists leases. The plugin keeps all leases in memory and uses the
+// store only to survive restarts, so the interface is just load and apply.
+type Store interface {
+	// Load returns every stored lease.
+	Load(ctx context.Context) ([]Lease, error)
+	// Apply writes a batch of changes in one durable transaction.
+	Apply(ctx context.Context, changes []Change) error
+	Close() error
+}
+
+// Change is one write to the store: an upsert of a lease row, or its removal.
+type Change struct {
+	Lease  Lease
+	Delete bool
+}
+
+// SQLiteStore is a Store in an SQLite database in WAL mode.
+type SQLiteStore struct {
+	db *sql.DB
+}
+
+const schema = `
+CREATE TABLE IF NOT EXISTS leases (
+	ip        TEXT PRIMARY KEY,
+	client_id TEXT NOT NULL,
+	mac       TEXT NOT NULL,
+	hostname  TEXT NOT NULL,
+	state     TEXT NOT NULL,
+	expires   INTEGER NOT NULL,
+	updated   INTEGER NOT NULL
+) WITHOUT ROWID;
+`
+
+// OpenSQLite opens (creating if needed) the lease database at path; ":memory:"
+// gives a private in-memory database for tests.
+func OpenSQLite(path string) (*SQLiteStore, error) {
+	// synchronous=FULL: a committed transaction survives power loss, which is
+	// what "durable before the ACK" means. WAL keeps that to one fsync per
+	// transaction, and group commit makes it one per batch of leases.
+	dsn := "file:" + path + "?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate"
+	if path == ":memory:" {
+		dsn = "file::memory:?_txlock=immediate"
+	}
+	db, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open lease database %s: %w", path, err)
+	}
+	// One connection: SQLite serialises writers anyway, and ":memory:" is
+	// per-connection.
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("create lease table in %s: %w", path, err)
+	}
+	return &SQLiteStore{db: db}, nil
+}
+
+// Load implements Store.
+func (s *SQLiteStore) Load(ctx context.Context) ([]Lease, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT ip, client_id, mac, hostname, state, expires FROM leases`)
+	if err != nil {
+		return nil, fmt.Errorf("read leases: %w", err)
+	}
+	defer rows.Close()
+	var leases []Lease
+	for rows.Next() {
+		var ip, mac, state string
+		var l Lease
+		var expires int64
+		if err := rows.Scan(&ip, &l.ClientID, &mac, &l.Hostname, &state, &expires); err != nil {
+			return nil, fmt.Errorf("read lease row: %w", err)
+		}
+		if l.IP, err = netip.ParseAddr(ip); err != nil {
+			return nil, fmt.Errorf("lease row with bad address %q: %w", ip, err)
+		}
+		if mac != "" {
+			if l.MAC, err = net.ParseMAC(mac); err != nil {
+				return nil, fmt.Errorf("lease %s has a bad MAC %q: %w", ip, mac, err)
+			}
+		}
+		if l.State, err = parseState(state); err != nil {
+			return nil, fmt.Errorf("lease %s: %w", ip, err)
+		}
+		l.Expires = time.Unix(expires, 0)
+		leases = append(leases, l)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read leases: %w", err)
+	}
+	return leases, nil
+}
+
+// Apply implements Store.
+func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin lease transaction: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, tx.Rollback())
+		}
+	}()
+	upsert, err := tx.PrepareContext(ctx, `INSERT INTO leases (ip, client_id, mac, hostname, state, expires, updated)
+		VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (ip) DO UPDATE SET client_id = excluded.client_id, mac = excluded.mac,
+			hostname = excluded.hostname, state = excluded.state, expires = excluded.expires, updated = excluded.updated`)
+	if err != nil {
+		return fmt.Errorf("prepare lease upsert: %w", err)
+	}
+	defer upsert.Close()
+	now := time.Now().Unix()
+	for _, c := range changes {
+		l := c.Lease
+		if c.Delete {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM leases WHERE ip = ?`, l.IP.String()); err != nil {
+				return fmt.Errorf("delete lease %s: %w", l.IP, err)
+			}
+			continue
+		}
+		mac := ""
+		if l.MAC != nil {
+			mac = l.MAC.String()
+		}
+		if _, err := upsert.ExecContext(ctx, l.IP.String(), l.ClientID, mac, l.Hostname, l.State.String(), l.Expires.Unix(), now); err != nil {
+			return fmt.Errorf("write lease %s: %w", l.IP, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit leases: %w", err)
+	}
+	return nil
+}
+
+// Close implements Store.
+func (s *SQLiteStore) Close() error { return s.db.Close() }
