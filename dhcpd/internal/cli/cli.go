@@ -1,0 +1,305 @@
+// Package cli is hyperdhcpd's command line.
+package cli
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/config"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/daemon"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/version"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
+)
+
+// Flag names; each is also read from HYPERDHCPD_<NAME> in the environment.
+const (
+	flagConfig         = "config"
+	flagInterface      = "interface"
+	flagPort           = "port"
+	flagLeaseDatabase  = "lease-database"
+	flagMetricsAddress = "metrics-address"
+	flagLogLevel       = "log-level"
+	flagLogFormat      = "log-format"
+	flagOutput         = "output"
+)
+
+func envVar(flag string) []string {
+	return []string{"HYPERDHCPD_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
+}
+
+var configFlag = &cli.StringFlag{
+	Name: flagConfig, Aliases: []string{"c"}, EnvVars: envVar(flagConfig),
+	Usage: "configuration file (default: " + config.DefaultFile + " in the working directory)",
+}
+
+// overrideFlags override the configuration file's settings.
+var overrideFlags = []cli.Flag{
+	&cli.StringFlag{Name: flagInterface, EnvVars: envVar(flagInterface), Usage: "interface to serve on (default: server.networkAttachment.interface)"},
+	&cli.IntFlag{Name: flagPort, EnvVars: envVar(flagPort), Usage: "UDP port to listen on (default: 67)"},
+	&cli.StringFlag{Name: flagLeaseDatabase, EnvVars: envVar(flagLeaseDatabase), Usage: "lease database file (default: " + config.DefaultLeaseDatabase + ")"},
+	&cli.StringFlag{Name: flagMetricsAddress, EnvVars: envVar(flagMetricsAddress), Usage: "address for /metrics, /healthz, /readyz; 0 turns them off (default: " + config.DefaultMetricsAddress + ")"},
+	&cli.StringFlag{Name: flagLogLevel, EnvVars: envVar(flagLogLevel), Usage: "debug, info, warn or error (default: info)"},
+}
+
+var logFormatFlag = &cli.StringFlag{Name: flagLogFormat, EnvVars: envVar(flagLogFormat), Value: "text", Usage: "text or json"}
+
+// App returns the hyperdhcpd command line application.
+func App() *cli.App {
+	return &cli.App{
+		Name:    "hyperdhcpd",
+		Usage:   "DHCPv4 server for KubeVirt VMs on Multus networks",
+		Version: fmt.Sprintf("%s (commit %s, built %s)", version.Version, version.Commit, version.Date),
+		// Errors are printed once, by main; usage is not repeated after them.
+		HideHelpCommand: true,
+		Commands: []*cli.Command{
+			{
+				Name:   "serve",
+				Usage:  "serve DHCP on the configured interface",
+				Flags:  append([]cli.Flag{configFlag, logFormatFlag}, overrideFlags...),
+				Action: serve,
+			},
+			{
+				Name:   "check",
+				Usage:  "validate the configuration and print it with every default applied",
+				Flags:  append([]cli.Flag{configFlag}, overrideFlags...),
+				Action: check,
+			},
+			{
+				Name:  "leases",
+				Usage: "read the lease database",
+				Subcommands: []*cli.Command{
+					{
+						Name:   "list",
+						Usage:  "list every lease",
+						Flags:  leaseFlags(),
+						Action: listLeases,
+					},
+					{
+						Name:      "show",
+						Usage:     "show the lease of an IP or MAC address",
+						ArgsUsage: "IP|MAC",
+						Flags:     leaseFlags(),
+						Action:    showLease,
+					},
+				},
+			},
+			{
+				Name:  "version",
+				Usage: "print the version",
+				Action: func(c *cli.Context) error {
+					_, err := fmt.Fprintf(c.App.Writer, "hyperdhcpd %s\ncommit %s\nbuilt %s\n", version.Version, version.Commit, version.Date)
+					return err
+				},
+			},
+		},
+	}
+}
+
+func leaseFlags() []cli.Flag {
+	return []cli.Flag{
+		configFlag,
+		&cli.StringFlag{Name: flagLeaseDatabase, EnvVars: envVar(flagLeaseDatabase), Usage: "lease database file (default: from the configuration)"},
+		&cli.StringFlag{Name: flagOutput, Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
+	}
+}
+
+// loadConfig reads the configuration file and applies flag and environment
+// overrides, then defaults; it does not validate.
+func loadConfig(c *cli.Context) (*config.Config, error) {
+	path := c.String(flagConfig)
+	if path == "" {
+		path = config.DefaultFile
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return nil, config.ErrNoConfig
+		}
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if c.IsSet(flagInterface) {
+		cfg.Interface = c.String(flagInterface)
+	}
+	if c.IsSet(flagPort) {
+		cfg.Port = c.Int(flagPort)
+	}
+	if c.IsSet(flagLeaseDatabase) {
+		cfg.LeaseDatabase = c.String(flagLeaseDatabase)
+	}
+	if c.IsSet(flagMetricsAddress) {
+		cfg.MetricsAddress = c.String(flagMetricsAddress)
+	}
+	if c.IsSet(flagLogLevel) {
+		cfg.LogLevel = c.String(flagLogLevel)
+	}
+	cfg.SetDefaults()
+	return cfg, nil
+}
+
+func check(c *cli.Context) error {
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	out, err := cfg.Marshal()
+	if err != nil {
+		return err
+	}
+	_, err = c.App.Writer.Write(out)
+	return err
+}
+
+func serve(c *cli.Context) error {
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(c.App.ErrWriter, cfg.LogLevel, c.String(flagLogFormat))
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return daemon.Run(ctx, cfg, log)
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid log level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("invalid log format %q: want text or json", format)
+}
+
+// leaseRecord is one lease as the leases commands print it.
+type leaseRecord struct {
+	IP       string    `json:"ip"`
+	MAC      string    `json:"mac"`
+	ClientID string    `json:"clientID"`
+	Hostname string    `json:"hostname,omitempty"`
+	State    string    `json:"state"`
+	Expires  time.Time `json:"expires"`
+}
+
+func readLeases(c *cli.Context) ([]leaseRecord, error) {
+	path := c.String(flagLeaseDatabase)
+	if path == "" {
+		cfg, err := loadConfig(c)
+		if err != nil {
+			return nil, fmt.Errorf("no --lease-database given and %w", err)
+		}
+		path = cfg.LeaseDatabase
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("lease database: %w", err)
+	}
+	store, err := leasedb.OpenSQLite(path)
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	leases, err := store.Load(c.Context)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(leases, func(a, b leasedb.Lease) int { return a.IP.Compare(b.IP) })
+	now := time.Now()
+	records := make([]leaseRecord, 0, len(leases))
+	for _, l := range leases {
+		state := l.State.String()
+		if (l.State == leasedb.StateBound || l.State == leasedb.StateDeclined) && !l.Expires.After(now) {
+			state = "expired"
+		}
+		mac := ""
+		if l.MAC != nil {
+			mac = l.MAC.String()
+		}
+		records = append(records, leaseRecord{IP: l.IP.String(), MAC: mac, ClientID: l.ClientID, Hostname: l.Hostname, State: state, Expires: l.Expires.UTC()})
+	}
+	return records, nil
+}
+
+func listLeases(c *cli.Context) error {
+	records, err := readLeases(c)
+	if err != nil {
+		return err
+	}
+	return printLeases(c, records)
+}
+
+func showLease(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return fmt.Errorf("want one IP or MAC address, got %d arguments", c.NArg())
+	}
+	key := c.Args().First()
+	var match func(leaseRecord) bool
+	if ip, err := netip.ParseAddr(key); err == nil {
+		match = func(r leaseRecord) bool { return r.IP == ip.String() }
+	} else if mac, err := net.ParseMAC(key); err == nil {
+		match = func(r leaseRecord) bool { return r.MAC == mac.String() }
+	} else {
+		return fmt.Errorf("%q is neither an IP nor a MAC address", key)
+	}
+	records, err := readLeases(c)
+	if err != nil {
+		return err
+	}
+	records = slices.DeleteFunc(records, func(r leaseRecord) bool { return !match(r) })
+	if len(records) == 0 {
+		return fmt.Errorf("no lease for %s", key)
+	}
+	return printLeases(c, records)
+}
+
+func printLeases(c *cli.Context, records []leaseRecord) error {
+	switch c.String(flagOutput) {
+	case "json":
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(records)
+	case "table":
+		w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "IP\tMAC\tHOSTNAME\tSTATE\tEXPIRES\tCLIENT ID")
+		for _, r := range records {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", r.IP, cmp.Or(r.MAC, "-"), cmp.Or(r.Hostname, "-"), r.State, r.Expires.Format(time.RFC3339), cmp.Or(r.ClientID, "-"))
+		}
+		return w.Flush()
+	}
+	return fmt.Errorf("invalid output format %q: want table or json", c.String(flagOutput))
+}
+
+// Main runs the application and returns the process exit code.
+func Main(args []string) int {
+	if err := App().RunContext(context.Background(), args); err != nil {
+		fmt.Fprintf(os.Stderr, "hyperdhcpd: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,131 @@
+// Package config reads hyperdhcpd's configuration file. Its heart is a
+// Server spec from the hyperdhcp.io API, so the operator renders a Server
+// into this file without translation and both validate it the same way.
+package config
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"sigs.k8s.io/yaml"
+
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+)
+
+// Defaults of the daemon settings.
+const (
+	DefaultFile             = ".hyperdhcp.yaml"
+	DefaultPort             = 67
+	DefaultLeaseDatabase    = "/var/lib/hyperdhcp/leases.db"
+	DefaultMetricsAddress   = ":8067"
+	DefaultLogLevel         = "info"
+	DefaultOfferHold        = 30 * time.Second
+	DefaultDeclineProbation = 10 * time.Minute
+)
+
+// Config is the content of hyperdhcpd's configuration file.
+type Config struct {
+	// Server is the DHCP service: the spec of a hyperdhcp.io Server.
+	Server hyperdhcpv1beta1.ServerSpec `json:"server"`
+
+	// Interface is the network interface to serve on. Defaults to
+	// server.networkAttachment.interface, the name Multus gives it in the pod.
+	Interface string `json:"interface,omitempty"`
+
+	// Port is the UDP port to listen on. Defaults to 67.
+	Port int `json:"port,omitempty"`
+
+	// LeaseDatabase is the SQLite lease database file.
+	LeaseDatabase string `json:"leaseDatabase,omitempty"`
+
+	// MetricsAddress serves /metrics, /healthz and /readyz; "0" turns it off.
+	MetricsAddress string `json:"metricsAddress,omitempty"`
+
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"logLevel,omitempty"`
+
+	// OfferHold is how long an offered address stays reserved for the client.
+	OfferHold *metav1.Duration `json:"offerHold,omitempty"`
+
+	// DeclineProbation is how long an address a client declined is quarantined.
+	DeclineProbation *metav1.Duration `json:"declineProbation,omitempty"`
+}
+
+// Load reads, defaults and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes a configuration; unknown fields are errors, so a misspelt
+// key cannot silently fall back to a default. It applies defaults but does
+// not validate: overrides from flags come first.
+func Parse(data []byte, source string) (*Config, error) {
+	var cfg Config
+	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
+		return nil, fmt.Errorf("parse config %s: %w", source, err)
+	}
+	return &cfg, nil
+}
+
+// SetDefaults fills unset settings, the Server spec's included.
+func (c *Config) SetDefaults() {
+	hyperdhcpv1beta1.SetDefaults(&c.Server)
+	c.Interface = cmp.Or(c.Interface, c.Server.NetworkAttachment.Interface)
+	c.Port = cmp.Or(c.Port, DefaultPort)
+	c.LeaseDatabase = cmp.Or(c.LeaseDatabase, DefaultLeaseDatabase)
+	c.MetricsAddress = cmp.Or(c.MetricsAddress, DefaultMetricsAddress)
+	c.LogLevel = cmp.Or(c.LogLevel, DefaultLogLevel)
+	if c.OfferHold == nil {
+		c.OfferHold = &metav1.Duration{Duration: DefaultOfferHold}
+	}
+	if c.DeclineProbation == nil {
+		c.DeclineProbation = &metav1.Duration{Duration: DefaultDeclineProbation}
+	}
+}
+
+// Validate returns every problem, each naming its field.
+func (c *Config) Validate() error {
+	errs := hyperdhcpv1beta1.ValidateSpec(&c.Server, field.NewPath("server"))
+	if c.Port < 1 || c.Port > 65535 {
+		errs = append(errs, field.Invalid(field.NewPath("port"), c.Port, "must be between 1 and 65535"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, field.NotSupported(field.NewPath("logLevel"), c.LogLevel, []string{"debug", "info", "warn", "error"}))
+	}
+	if c.LeaseDatabase == "" {
+		errs = append(errs, field.Required(field.NewPath("leaseDatabase"), "a file for the leases"))
+	}
+	if c.OfferHold != nil && (c.OfferHold.Duration < time.Second || c.OfferHold.Duration > 10*time.Minute) {
+		errs = append(errs, field.Invalid(field.NewPath("offerHold"), c.OfferHold.String(), "must be between 1s and 10m"))
+	}
+	if c.DeclineProbation != nil && c.DeclineProbation.Duration < time.Second {
+		errs = append(errs, field.Invalid(field.NewPath("declineProbation"), c.DeclineProbation.String(), "must be at least 1s"))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid config: %w", errs.ToAggregate())
+	}
+	return nil
+}
+
+// Marshal renders the configuration as YAML.
+func (c *Config) Marshal() ([]byte, error) {
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("render config: %w", err)
+	}
+	return out, nil
+}
+
+// ErrNoConfig is returned when no file is named and the default is missing.
+var ErrNoConfig = errors.New("no configuration: pass --config FILE or create " + DefaultFile)

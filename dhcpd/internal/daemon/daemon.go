@@ -1,0 +1,208 @@
+// Package daemon runs hyperdhcpd: it wires the configuration, the lease
+// database, the plugin chain, the socket and the HTTP endpoints together.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/config"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/server"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
+)
+
+// reclaimInterval is how often expired leases and offers are swept; between
+// sweeps they are also reclaimed on demand when a pool runs out.
+const reclaimInterval = 10 * time.Second
+
+// Preflight checks what can fail before any socket is bound or the lease
+// database is touched.
+func Preflight(cfg *config.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if _, err := net.InterfaceByName(cfg.Interface); err != nil {
+		return fmt.Errorf("invalid config: interface: no network interface named %q here: %w", cfg.Interface, err)
+	}
+	return nil
+}
+
+// Run serves DHCP until ctx ends.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if err := Preflight(cfg); err != nil {
+		return err
+	}
+	unlock, err := LockDatabase(cfg.LeaseDatabase)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	store, err := leasedb.OpenSQLite(cfg.LeaseDatabase)
+	if err != nil {
+		return err
+	}
+	var db *leasedb.LeaseDB
+	metrics := server.NewMetrics(func() leasedb.Stats {
+		if db == nil {
+			return leasedb.Stats{}
+		}
+		return db.Stats()
+	})
+	opts, err := LeaseOptions(&cfg.Server)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	opts.Store, opts.Logger, opts.Observer = store, log, metrics
+	opts.OfferHold, opts.DeclineProbation = cfg.OfferHold.Duration, cfg.DeclineProbation.Duration
+	loadStart := time.Now()
+	db, err = leasedb.New(ctx, opts)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	defer db.Close()
+	log.Info("leases loaded", "took", time.Since(loadStart), "pool", db.Stats())
+
+	chain, err := server.BuildChain(&cfg.Server, db.Handler4)
+	if err != nil {
+		return err
+	}
+	conn, err := server4.NewIPv4UDPConn(cfg.Interface, &net.UDPAddr{Port: cfg.Port})
+	if err != nil {
+		return fmt.Errorf("listen on %s port %d: %w", cfg.Interface, cfg.Port, err)
+	}
+	defer conn.Close()
+
+	var ready atomic.Bool
+	stopHTTP, err := serveHTTP(cfg.MetricsAddress, metrics, &ready, log)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+
+	go func() {
+		ticker := time.NewTicker(reclaimInterval)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+				if n := db.Reclaim(); n > 0 {
+					log.Debug("reclaimed expired leases", "count", n)
+				}
+			}
+		}
+	}()
+
+	log.Info("serving DHCP", "interface", cfg.Interface, "port", cfg.Port, "server", cfg.Server.ServerIP, "metrics", cfg.MetricsAddress)
+	ready.Store(true)
+	err = server.New(conn, chain, metrics, log).Serve(ctx)
+	ready.Store(false)
+	log.Info("stopped serving DHCP")
+	return err
+}
+
+// LeaseOptions turns a Server spec into leasedb options.
+func LeaseOptions(spec *hyperdhcpv1beta1.ServerSpec) (leasedb.Options, error) {
+	var opts leasedb.Options
+	var err error
+	if opts.Server, err = netip.ParsePrefix(string(spec.ServerIP)); err != nil {
+		return opts, fmt.Errorf("serverIP: %w", err)
+	}
+	for _, p := range spec.Pools {
+		first, err1 := hyperdhcpv1beta1.ParseIPv4(p.Start)
+		last, err2 := hyperdhcpv1beta1.ParseIPv4(p.End)
+		if err := errors.Join(err1, err2); err != nil {
+			return opts, fmt.Errorf("pools: %w", err)
+		}
+		opts.Pools = append(opts.Pools, leasedb.Range{First: first, Last: last})
+	}
+	for _, e := range spec.Exclude {
+		a, err := hyperdhcpv1beta1.ParseIPv4(e)
+		if err != nil {
+			return opts, fmt.Errorf("exclude: %w", err)
+		}
+		opts.Exclude = append(opts.Exclude, a)
+	}
+	for _, r := range spec.Reservations {
+		mac, err := hyperdhcpv1beta1.ParseMAC(r.MAC)
+		if err != nil {
+			return opts, fmt.Errorf("reservations: %w", err)
+		}
+		ip, err := hyperdhcpv1beta1.ParseIPv4(r.IP)
+		if err != nil {
+			return opts, fmt.Errorf("reservations: %w", err)
+		}
+		opts.Reservations = append(opts.Reservations, leasedb.Reservation{MAC: mac, IP: ip, Hostname: r.Hostname})
+	}
+	if spec.LeaseTime != nil {
+		opts.LeaseTime = spec.LeaseTime.Duration
+	}
+	return opts, nil
+}
+
+// LockDatabase takes an exclusive lock beside the lease database, so that
+// two servers (SO_REUSEPORT lets both bind) can never share one database.
+func LockDatabase(path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("create lease database directory: %w", err)
+	}
+	lockPath := path + ".lock"
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", lockPath, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lease database %s is in use by another hyperdhcpd (lock %s): %w", path, lockPath, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+func serveHTTP(addr string, metrics *server.Metrics, ready *atomic.Bool, log *slog.Logger) (stop func(), err error) {
+	if addr == "0" {
+		return func() {}, nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not serving yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	listener, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "error", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
+}

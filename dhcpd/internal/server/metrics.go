@@ -1,0 +1,98 @@
+package server
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
+)
+
+// Reasons for dropped packets counted by the server loop itself; plugins add
+// their own (see leasedb's Drop* constants).
+const (
+	DropMalformed     = "malformed_packet"
+	DropNotARequest   = "not_a_boot_request"
+	DropUnhandledType = "unhandled_message_type"
+	DropQueueFull     = "queue_full"
+	DropHandlerPanic  = "handler_panic"
+	DropSendFailed    = "send_failed"
+)
+
+// Metrics are hyperdhcpd's Prometheus metrics, in their own registry.
+type Metrics struct {
+	Registry       *prometheus.Registry
+	received       *prometheus.CounterVec
+	sent           *prometheus.CounterVec
+	dropped        *prometheus.CounterVec
+	handleDuration prometheus.Histogram
+	commitBatch    prometheus.Histogram
+	commitDuration prometheus.Histogram
+	commitErrors   prometheus.Counter
+}
+
+// NewMetrics registers every metric; pool reports the pool usage on scrape.
+func NewMetrics(pool func() leasedb.Stats) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hyperdhcpd_packets_received_total", Help: "DHCP packets received, by message type.",
+		}, []string{"type"}),
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hyperdhcpd_packets_sent_total", Help: "DHCP packets sent, by message type.",
+		}, []string{"type"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hyperdhcpd_packets_dropped_total", Help: "DHCP packets not answered, by reason.",
+		}, []string{"reason"}),
+		handleDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hyperdhcpd_handle_duration_seconds",
+			Help:    "Time from receiving a packet to sending its reply, lease commit included.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hyperdhcpd_lease_commit_batch_size",
+			Help:    "Lease changes written per database transaction (group commit).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+		}),
+		commitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hyperdhcpd_lease_commit_duration_seconds",
+			Help:    "Time to make one batch of lease changes durable.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hyperdhcpd_lease_commit_errors_total", Help: "Failed lease database transactions.",
+		}),
+	}
+	poolDesc := prometheus.NewDesc("hyperdhcpd_pool_addresses", "Addresses of all pools, by state.", []string{"state"}, nil)
+	m.Registry.MustRegister(m.received, m.sent, m.dropped, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		poolCollector{desc: poolDesc, stats: pool})
+	return m
+}
+
+// Dropped implements leasedb.Observer.
+func (m *Metrics) Dropped(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+
+// Committed implements leasedb.Observer.
+func (m *Metrics) Committed(batch int, took time.Duration, err error) {
+	m.commitBatch.Observe(float64(batch))
+	m.commitDuration.Observe(took.Seconds())
+	if err != nil {
+		m.commitErrors.Inc()
+	}
+}
+
+type poolCollector struct {
+	desc  *prometheus.Desc
+	stats func() leasedb.Stats
+}
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	for state, n := range map[string]int64{"size": s.Size, "used": s.Used, "free": s.Free} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), state)
+	}
+}

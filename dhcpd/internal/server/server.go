@@ -1,0 +1,181 @@
+// Package server is hyperdhcpd's DHCPv4 packet loop. It drives a CoreDHCP
+// plugin chain from a receive loop of its own, because CoreDHCP's server
+// drops DECLINE before any plugin sees it, starts one unbounded goroutine per
+// packet and cannot be shut down cleanly.
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/coredhcp/coredhcp/handler"
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+const (
+	// workers bounds concurrency; enough that many handlers wait on one
+	// group commit together, so batches grow with load.
+	workers = 128
+	// queueLength bounds memory under a flood; beyond it packets are dropped
+	// (and counted) instead of queued without end.
+	queueLength = 4096
+	maxPacket   = 1500
+)
+
+// Server answers DHCPv4 packets from conn with a plugin chain.
+type Server struct {
+	conn    net.PacketConn
+	chain   []handler.Handler4
+	metrics *Metrics
+	log     *slog.Logger
+	buffers sync.Pool
+}
+
+// New returns a server; Serve starts it.
+func New(conn net.PacketConn, chain []handler.Handler4, metrics *Metrics, log *slog.Logger) *Server {
+	return &Server{
+		conn:    conn,
+		chain:   chain,
+		metrics: metrics,
+		log:     log,
+		buffers: sync.Pool{New: func() any { return new([maxPacket]byte) }},
+	}
+}
+
+type packet struct {
+	buf      *[maxPacket]byte
+	n        int
+	received time.Time
+}
+
+// Serve reads and answers packets until ctx ends, then waits for the packets
+// in hand to be answered.
+func (s *Server) Serve(ctx context.Context) error {
+	queue := make(chan packet, queueLength)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for p := range queue {
+				s.answer(p)
+			}
+		})
+	}
+	stop := context.AfterFunc(ctx, func() { _ = s.conn.SetReadDeadline(time.Now()) })
+	defer stop()
+
+	var err error
+	for {
+		buf := s.buffers.Get().(*[maxPacket]byte)
+		n, _, readErr := s.conn.ReadFrom(buf[:])
+		if readErr != nil {
+			s.buffers.Put(buf)
+			if ctx.Err() == nil {
+				err = fmt.Errorf("read DHCP packet: %w", readErr)
+			}
+			break
+		}
+		select {
+		case queue <- packet{buf: buf, n: n, received: time.Now()}:
+		default:
+			s.buffers.Put(buf)
+			s.metrics.Dropped(DropQueueFull)
+		}
+	}
+	close(queue)
+	wg.Wait()
+	return err
+}
+
+func (s *Server) answer(p packet) {
+	reply, dest := s.Handle(p.buf[:p.n])
+	s.buffers.Put(p.buf)
+	if reply == nil {
+		return
+	}
+	if _, err := s.conn.WriteTo(reply.ToBytes(), dest); err != nil {
+		s.metrics.Dropped(DropSendFailed)
+		s.log.Warn("send reply", "to", dest, "error", err)
+		return
+	}
+	s.metrics.sent.WithLabelValues(reply.MessageType().String()).Inc()
+	s.metrics.handleDuration.Observe(time.Since(p.received).Seconds())
+}
+
+// Handle parses one packet, runs the chain and returns the reply with its
+// destination, or nil when nothing is to be sent. Malformed input is counted
+// and dropped; a panicking plugin loses that packet, never the server.
+func (s *Server) Handle(data []byte) (reply *dhcpv4.DHCPv4, dest *net.UDPAddr) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.metrics.Dropped(DropHandlerPanic)
+			s.log.Error("plugin panicked; packet dropped", "panic", r)
+			reply, dest = nil, nil
+		}
+	}()
+	req, err := dhcpv4.FromBytes(data)
+	if err != nil {
+		s.metrics.Dropped(DropMalformed)
+		s.log.Debug("malformed packet", "error", err)
+		return nil, nil
+	}
+	if req.OpCode != dhcpv4.OpcodeBootRequest {
+		s.metrics.Dropped(DropNotARequest)
+		return nil, nil
+	}
+	msgType := req.MessageType()
+	s.metrics.received.WithLabelValues(msgType.String()).Inc()
+	if len(req.ClientHWAddr) != 6 {
+		// Hardware types other than Ethernet do not occur on a Multus network.
+		s.metrics.Dropped(DropMalformed)
+		return nil, nil
+	}
+
+	resp, err := dhcpv4.NewReplyFromRequest(req)
+	if err != nil {
+		s.metrics.Dropped(DropMalformed)
+		return nil, nil
+	}
+	switch msgType {
+	case dhcpv4.MessageTypeDiscover:
+		resp.UpdateOption(dhcpv4.OptMessageType(dhcpv4.MessageTypeOffer))
+	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
+		resp.UpdateOption(dhcpv4.OptMessageType(dhcpv4.MessageTypeAck))
+	case dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeDecline:
+		// No reply is ever sent; the chain records the event.
+	default:
+		s.metrics.Dropped(DropUnhandledType)
+		return nil, nil
+	}
+	s.log.Debug("packet", "type", msgType, "mac", req.ClientHWAddr.String(), "xid", req.TransactionID)
+
+	for _, h := range s.chain {
+		var stop bool
+		if resp, stop = h(req, resp); stop {
+			break
+		}
+	}
+	if resp == nil || msgType == dhcpv4.MessageTypeRelease || msgType == dhcpv4.MessageTypeDecline {
+		return nil, nil
+	}
+	return resp, replyDestination(req, resp)
+}
+
+// replyDestination follows RFC 2131 section 4.1. Where the RFC asks for a
+// unicast to an address the client does not have yet, we broadcast instead
+// (which the RFC allows), so the server needs no raw socket (CAP_NET_RAW).
+func replyDestination(req, resp *dhcpv4.DHCPv4) *net.UDPAddr {
+	switch {
+	case !req.GatewayIPAddr.IsUnspecified():
+		return &net.UDPAddr{IP: req.GatewayIPAddr, Port: dhcpv4.ServerPort}
+	case resp.MessageType() == dhcpv4.MessageTypeNak:
+		return &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ClientPort}
+	case !req.ClientIPAddr.IsUnspecified():
+		return &net.UDPAddr{IP: req.ClientIPAddr, Port: dhcpv4.ClientPort}
+	default:
+		return &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ClientPort}
+	}
+}
