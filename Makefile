@@ -51,8 +51,20 @@ envtest: ## Build the envtest control plane (once per machine) and print its dir
 	@hack/envtest.sh
 
 .PHONY: test
-test: verify-generated lint ## Everything CI checks: generated files, lint, all tests on a real API server.
+test: verify-generated lint ## Everything CI checks (as root): generated files, lint, unit, envtest and netns e2e tests, a short fuzz.
 	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test $(GO_TEST_FLAGS) work
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST)
+
+FUZZTIME ?= 5m
+FUZZTIME_TEST ?= 15s
+
+.PHONY: fuzz
+fuzz: ## Fuzz hyperdhcpd's packet handling (FUZZTIME=5m).
+	cd dhcpd && go test -run '^$$' -fuzz '^FuzzHandle$$' -fuzztime $(FUZZTIME) ./internal/server
+
+.PHONY: bench
+bench: ## perfdhcp rate sweep against hyperdhcpd in a netns test bed (root; RATES=, DURATION=).
+	hack/bench/dhcp.sh
 
 .PHONY: test-module
 test-module: ## Run one module's tests: make test-module MODULE=apis/test
@@ -65,8 +77,9 @@ demo: ## The whole product end to end on one machine (not built yet).
 ##@ Build
 
 .PHONY: build
-build: ## Compile every module.
+build: ## Build bin/hyperdhcpd (and compile every module).
 	go build work
+	go build -o $(LOCALBIN)/hyperdhcpd ./dhcpd/cmd/hyperdhcpd
 
 ##@ Tools
 

@@ -108,11 +108,17 @@ type LeaseDB struct {
 	excluded     map[netip.Addr]bool
 	committer    *committer
 	store        Store
+	// exhaustedWarning keeps an exhausted pool from flooding the log.
+	exhaustedWarning rateLimit
 
 	mu       sync.Mutex
 	pools    []*addressPool
 	byIP     map[netip.Addr]*Lease
 	byClient map[string]*Lease
+	// orphans are stored rows that memory dropped (a client moved to
+	// another address); the packet that dropped them deletes them from the
+	// store with its own commit, so a restart cannot resurrect them.
+	orphans []Change
 }
 
 // New loads the stored leases and returns a plugin ready to serve.
@@ -327,10 +333,17 @@ func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	if lease != nil {
 		offered = *lease
 	}
+	orphans := db.drainOrphans()
 	db.mu.Unlock()
+	if len(orphans) > 0 {
+		db.commitOrDrop(orphans)
+	}
 	if lease == nil {
 		db.observer.Dropped(reason)
-		db.log.Warn("no address to offer", "client", client, "reason", reason)
+		db.log.Debug("no address to offer", "client", client, "reason", reason)
+		if reason == DropPoolExhausted && db.exhaustedWarning.Allow(now) {
+			db.log.Warn("pool exhausted: DISCOVERs are going unanswered", "pool", db.Stats())
+		}
 		return nil, true
 	}
 	db.log.Debug("offer", "client", client, "ip", offered.IP)
@@ -428,6 +441,9 @@ func (db *LeaseDB) forget(l *Lease) {
 	if l.held() {
 		db.freeAddress(l.IP)
 	}
+	if l.State != StateOffered {
+		db.orphans = append(db.orphans, Change{Lease: *l, Delete: true})
+	}
 	if db.byIP[l.IP] == l {
 		delete(db.byIP, l.IP)
 	}
@@ -440,6 +456,13 @@ func (db *LeaseDB) freeAddress(a netip.Addr) {
 	if p := db.poolFor(a); p != nil && !db.reservedIPs[a] && !db.excluded[a] {
 		p.free(a)
 	}
+}
+
+// drainOrphans returns and clears the pending deletions; with mu held.
+func (db *LeaseDB) drainOrphans() []Change {
+	out := db.orphans
+	db.orphans = nil
+	return out
 }
 
 // expire turns a held lease whose time is up into a free one.
@@ -517,14 +540,18 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	if ok {
 		row = *lease
 	}
+	changes := db.drainOrphans()
 	db.mu.Unlock()
 	if !ok {
+		if len(changes) > 0 {
+			db.commitOrDrop(changes)
+		}
 		return db.nak(req, "address is not this client's", target)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
-	if err := db.committer.commit(ctx, Change{Lease: row}); err != nil {
+	if err := db.committer.commit(ctx, append(changes, Change{Lease: row})...); err != nil {
 		// Without a durable lease there is no ACK; the client retries.
 		db.log.Error("lease not committed, not acknowledging", "ip", row.IP, "client", client, "error", err)
 		db.observer.Dropped(DropCommitFailed)
@@ -557,6 +584,15 @@ func (db *LeaseDB) bind(client string, mac net.HardwareAddr, target netip.Addr, 
 		return nil, false
 	}
 	return db.hold(client, mac, target, "", StateBound, expires, now), true
+}
+
+// commitOrDrop writes changes that no reply waits for, logging a failure.
+func (db *LeaseDB) commitOrDrop(changes []Change) {
+	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+	defer cancel()
+	if err := db.committer.commit(ctx, changes...); err != nil {
+		db.log.Error("lease changes not committed", "changes", len(changes), "error", err)
+	}
 }
 
 func (db *LeaseDB) release(req *dhcpv4.DHCPv4) {
@@ -637,6 +673,23 @@ func (db *LeaseDB) fillLease(resp *dhcpv4.DHCPv4, a netip.Addr, hostname string,
 	if hostname != "" {
 		resp.UpdateOption(dhcpv4.OptHostName(hostname))
 	}
+}
+
+// rateLimit allows one event per minute.
+type rateLimit struct {
+	mu   sync.Mutex
+	last time.Time
+}
+
+// Allow reports whether an event at now may happen.
+func (r *rateLimit) Allow(now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now.Sub(r.last) < time.Minute {
+		return false
+	}
+	r.last = now
+	return true
 }
 
 // Stats counts the pools' addresses.

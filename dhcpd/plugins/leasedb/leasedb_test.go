@@ -416,3 +416,28 @@ func TestParseArgs(t *testing.T) {
 		assert.Error(t, err, "%v", bad)
 	}
 }
+
+func TestDatabaseIsDurableByConfiguration(t *testing.T) {
+	store, err := OpenSQLite(filepath.Join(t.TempDir(), "leases.db"))
+	require.NoError(t, err)
+	defer store.Close()
+	var journal string
+	var synchronous int
+	require.NoError(t, store.db.QueryRow("PRAGMA journal_mode").Scan(&journal))
+	require.NoError(t, store.db.QueryRow("PRAGMA synchronous").Scan(&synchronous))
+	assert.Equal(t, "wal", journal)
+	assert.Equal(t, 2, synchronous, "synchronous=FULL: a commit survives power loss")
+}
+
+func TestClientMovingToAnotherAddressLeavesOneStoredLease(t *testing.T) {
+	h := newHarness(t, nil)
+	first := h.dora(mac(1))
+	moved := netip.MustParseAddr("192.168.50.105")
+	ack := h.handle(packet(t, dhcpv4.MessageTypeRequest, mac(1), requestIP(moved)))
+	require.NotNil(t, ack)
+	require.Equal(t, dhcpv4.MessageTypeAck, ack.MessageType())
+	stored := h.stored()
+	assert.NotContains(t, stored, first, "the old lease is deleted with the commit of the new one")
+	assert.Equal(t, StateBound, stored[moved].State)
+	assert.Equal(t, int64(1), h.db.Stats().Used)
+}
