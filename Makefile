@@ -4,8 +4,11 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 
 LOCALBIN ?= $(CURDIR)/bin
+# Tools are built once per machine into a per-user cache that every clone
+# (CI's fresh ones included) shares, like the envtest binaries.
+TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hyperdhcp/tools
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
-CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+CONTROLLER_GEN ?= $(TOOLS_CACHE)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 
 # Every module of the workspace, for targets that run per module.
 MODULES := apis apis/test operator dhcpd
@@ -86,6 +89,7 @@ build: ## Build bin/hyperdhcpd (and compile every module).
 $(LOCALBIN):
 	mkdir -p $@
 
-$(CONTROLLER_GEN): | $(LOCALBIN)
-	GOWORK=off GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
-	mv $(LOCALBIN)/controller-gen $@
+$(CONTROLLER_GEN):
+	mkdir -p $(TOOLS_CACHE)
+	GOWORK=off GOBIN=$(TOOLS_CACHE) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+	mv $(TOOLS_CACHE)/controller-gen $@
