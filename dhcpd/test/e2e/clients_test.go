@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -282,6 +283,11 @@ func TestMalformedPacketsAreDroppedAndCounted(t *testing.T) {
 
 	got := (&udhcpc{c: b.addClient("02:00:5e:40:00:01")}).obtain()
 	inPool(t, got.IP)
+	for _, probe := range []string{"healthz", "readyz"} {
+		out, err := exec.Command("ip", "netns", "exec", b.serverNS, "busybox", "wget", "-qO-", "http://127.0.0.1:8067/"+probe).CombinedOutput()
+		require.NoError(t, err, "%s: %s", probe, out)
+		assert.Equal(t, "ok\n", string(out))
+	}
 	assert.Equal(t, 1.0, b.metric(`hyperdhcpd_packets_sent_total{type="ACK"}`))
 	assert.Equal(t, 50.0, b.metric(`hyperdhcpd_pool_addresses{state="size"}`))
 	assert.Equal(t, 1.0, b.metric(`hyperdhcpd_pool_addresses{state="used"}`))
