@@ -31,7 +31,8 @@ type Change struct {
 
 // SQLiteStore is a Store in an SQLite database in WAL mode.
 type SQLiteStore struct {
-	db *sql.DB
+	db             *sql.DB
+	upsert, remove *sql.Stmt // prepared once: preparing per transaction costs CPU on the hot path
 }
 
 const schema = `
@@ -67,7 +68,18 @@ func OpenSQLite(path string) (*SQLiteStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("create lease table in %s: %w", path, err)
 	}
-	return &SQLiteStore{db: db}, nil
+	s := &SQLiteStore{db: db}
+	var err1, err2 error
+	s.upsert, err1 = db.Prepare(`INSERT INTO leases (ip, client_id, mac, hostname, state, expires, updated)
+		VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (ip) DO UPDATE SET client_id = excluded.client_id, mac = excluded.mac,
+			hostname = excluded.hostname, state = excluded.state, expires = excluded.expires, updated = excluded.updated`)
+	s.remove, err2 = db.Prepare(`DELETE FROM leases WHERE ip = ?`)
+	if err := errors.Join(err1, err2); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("prepare lease statements in %s: %w", path, err)
+	}
+	return s, nil
 }
 
 // Load implements Store.
@@ -116,19 +128,12 @@ func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
 			err = errors.Join(err, tx.Rollback())
 		}
 	}()
-	upsert, err := tx.PrepareContext(ctx, `INSERT INTO leases (ip, client_id, mac, hostname, state, expires, updated)
-		VALUES (?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (ip) DO UPDATE SET client_id = excluded.client_id, mac = excluded.mac,
-			hostname = excluded.hostname, state = excluded.state, expires = excluded.expires, updated = excluded.updated`)
-	if err != nil {
-		return fmt.Errorf("prepare lease upsert: %w", err)
-	}
-	defer upsert.Close()
+	upsert, remove := tx.StmtContext(ctx, s.upsert), tx.StmtContext(ctx, s.remove)
 	now := time.Now().Unix()
 	for _, c := range changes {
 		l := c.Lease
 		if c.Delete {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM leases WHERE ip = ?`, l.IP.String()); err != nil {
+			if _, err := remove.ExecContext(ctx, l.IP.String()); err != nil {
 				return fmt.Errorf("delete lease %s: %w", l.IP, err)
 			}
 			continue
