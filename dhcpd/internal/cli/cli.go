@@ -22,7 +22,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/config"
+	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/daemon"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/version"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"

@@ -22,7 +22,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
-	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/config"
+	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/server"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
 )

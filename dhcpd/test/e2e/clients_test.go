@@ -14,7 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
-	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/config"
+	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
 )
 

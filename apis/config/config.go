@@ -1,4 +1,4 @@
-// Package config reads hyperdhcpd's configuration file. Its heart is a
+// Package config is hyperdhcpd's configuration file format. Its heart is a
 // Server spec from the hyperdhcp.io API, so the operator renders a Server
 // into this file without translation and both validate it the same way.
 package config
@@ -26,6 +26,7 @@ const (
 	DefaultLogLevel         = "info"
 	DefaultOfferHold        = 30 * time.Second
 	DefaultDeclineProbation = 10 * time.Minute
+	DefaultStatusInterval   = 10 * time.Second
 )
 
 // Config is the content of hyperdhcpd's configuration file.
@@ -54,6 +55,24 @@ type Config struct {
 
 	// DeclineProbation is how long an address a client declined is quarantined.
 	DeclineProbation *metav1.Duration `json:"declineProbation,omitempty"`
+
+	// Kubernetes connects hyperdhcpd to the API server to report its pool
+	// usage in its Server's status. Unset outside a cluster.
+	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
+}
+
+// Kubernetes says which Server hyperdhcpd serves and how to reach the API.
+type Kubernetes struct {
+	// ServerName and ServerNamespace name the Server whose status.pool
+	// hyperdhcpd keeps up to date.
+	ServerName      string `json:"serverName"`
+	ServerNamespace string `json:"serverNamespace"`
+
+	// Kubeconfig is a kubeconfig file; empty means the in-cluster service account.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+
+	// StatusInterval is the least time between two status updates. Defaults to 10s.
+	StatusInterval *metav1.Duration `json:"statusInterval,omitempty"`
 }
 
 // Load reads, defaults and validates the file at path.
@@ -90,6 +109,9 @@ func (c *Config) SetDefaults() {
 	if c.DeclineProbation == nil {
 		c.DeclineProbation = &metav1.Duration{Duration: DefaultDeclineProbation}
 	}
+	if c.Kubernetes != nil && c.Kubernetes.StatusInterval == nil {
+		c.Kubernetes.StatusInterval = &metav1.Duration{Duration: DefaultStatusInterval}
+	}
 }
 
 // Validate returns every problem, each naming its field.
@@ -111,6 +133,18 @@ func (c *Config) Validate() error {
 	}
 	if c.DeclineProbation != nil && c.DeclineProbation.Duration < time.Second {
 		errs = append(errs, field.Invalid(field.NewPath("declineProbation"), c.DeclineProbation.String(), "must be at least 1s"))
+	}
+	if k := c.Kubernetes; k != nil {
+		path := field.NewPath("kubernetes")
+		if k.ServerName == "" {
+			errs = append(errs, field.Required(path.Child("serverName"), "the Server whose status to update"))
+		}
+		if k.ServerNamespace == "" {
+			errs = append(errs, field.Required(path.Child("serverNamespace"), "the namespace of that Server"))
+		}
+		if k.StatusInterval != nil && k.StatusInterval.Duration < time.Second {
+			errs = append(errs, field.Invalid(path.Child("statusInterval"), k.StatusInterval.String(), "must be at least 1s"))
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("invalid config: %w", errs.ToAggregate())

@@ -1,0 +1,412 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/operator/internal/render"
+)
+
+// Finalizer removes what a Server has outside its namespace (RoleBindings
+// in the namespaces it serves, a ClusterRoleBinding), where owner
+// references cannot reach.
+const Finalizer = "hyperdhcp.io/foreign-rbac"
+
+// ServerReconciler turns each Server into hyperdhcpd's ServiceAccount,
+// RBAC, ConfigMap, PVC and Deployment, and reports their state.
+type ServerReconciler struct {
+	client.Client
+	Recorder recorder.EventRecorder
+	// Image is the hyperdhcpd image used when a Server names none.
+	Image string
+}
+
+// The operator's own permissions. It must hold every permission it grants
+// hyperdhcpd (Kubernetes refuses RBAC escalation), hence the servers and
+// events rules, and "bind" on the VM reader ClusterRole it binds.
+//
+// +kubebuilder:rbac:groups="",resources=configmaps;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=hyperdhcp-vm-reader
+
+// SetupWithManager registers the controller.
+func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("server").
+		// Status writes (hyperdhcpd's pool counts, our conditions) do not
+		// change the generation and need no reconcile.
+		For(&hyperdhcpv1beta1.Server{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&rbacv1.Role{}).
+		Owns(&rbacv1.RoleBinding{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&corev1.PersistentVolumeClaim{}).
+		Owns(&appsv1.Deployment{}).
+		Complete(r)
+}
+
+// Reconcile brings one Server's children to their desired state.
+func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
+	server := &hyperdhcpv1beta1.Server{}
+	if err := r.Get(ctx, req.NamespacedName, server); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !server.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.reconcileDelete(ctx, server)
+	}
+	if controllerutil.AddFinalizer(server, Finalizer) {
+		if err := r.Update(ctx, server); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+	}
+
+	original := server.DeepCopy()
+	defer func() {
+		server.Status.ObservedGeneration = server.Generation
+		if apiequality.Semantic.DeepEqual(original.Status, server.Status) {
+			return // a no-op resync writes nothing
+		}
+		// A merge patch carries only what changed, so status.pool, which
+		// hyperdhcpd owns, is never overwritten.
+		if err := r.Status().Patch(ctx, server, client.MergeFrom(original)); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("patch status: %w", err))
+		}
+	}()
+
+	if err := server.Validate(); err != nil {
+		// Retrying cannot fix a spec: report it and wait for an edit.
+		setInvalidSpec(server, err)
+		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonInvalidSpec, "Validate", "%v", err)
+		return ctrl.Result{}, nil
+	}
+
+	var configHash string
+	var deployment *appsv1.Deployment
+	phases := []struct {
+		name string
+		run  func() error
+	}{
+		{"ServiceAccount", func() error { return r.reconcileServiceAccount(ctx, server) }},
+		{"RBAC", func() error { return r.reconcileRBAC(ctx, server) }},
+		{"ConfigMap", func() (err error) { configHash, err = r.reconcileConfigMap(ctx, server); return err }},
+		{"PersistentVolumeClaim", func() error { return r.reconcilePVC(ctx, server) }},
+		{"Deployment", func() (err error) { deployment, err = r.reconcileDeployment(ctx, server, configHash); return err }},
+	}
+	for _, phase := range phases {
+		if err := phase.run(); err != nil {
+			setReconcileFailed(server, phase.name, err)
+			r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonReconcileFailed, "Reconcile", "%s: %v", phase.name, err)
+			return ctrl.Result{}, fmt.Errorf("reconcile %s: %w", phase.name, err)
+		}
+	}
+	setDeploymentConditions(server, deployment)
+	return ctrl.Result{}, nil
+}
+
+// apply creates or updates obj with CreateOrUpdate, where mutate copies
+// every managed field from the desired object; it records an Event when
+// something changed.
+func (r *ServerReconciler) apply(ctx context.Context, server *hyperdhcpv1beta1.Server, obj client.Object, owned bool, mutate func() error) error {
+	result, err := controllerutil.CreateOrUpdate(ctx, r.Client, obj, func() error {
+		if owned {
+			if err := controllerutil.SetControllerReference(server, obj, r.Scheme()); err != nil {
+				return err
+			}
+		}
+		return mutate()
+	})
+	if err != nil {
+		return err
+	}
+	if result != controllerutil.OperationResultNone {
+		kind := fmt.Sprintf("%T", obj)[1:]
+		log.FromContext(ctx).Info("applied child", "kind", kind, "object", klog.KObj(obj), "result", result)
+		r.Recorder.Eventf(server, obj, corev1.EventTypeNormal, string(result), "Apply", "%s %s %s", kind, obj.GetName(), result)
+	}
+	return nil
+}
+
+// setMeta copies the desired labels onto obj, keeping labels others added.
+func setMeta(obj, desired client.Object) {
+	labels := obj.GetLabels()
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	maps.Copy(labels, desired.GetLabels())
+	obj.SetLabels(labels)
+}
+
+func (r *ServerReconciler) reconcileServiceAccount(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
+	desired := render.ServiceAccount(server)
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
+	return r.apply(ctx, server, sa, true, func() error {
+		setMeta(sa, desired)
+		sa.AutomountServiceAccountToken = desired.AutomountServiceAccountToken
+		return nil
+	})
+}
+
+func (r *ServerReconciler) reconcileRBAC(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
+	desiredRole := render.StatusRole(server)
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: desiredRole.Name, Namespace: desiredRole.Namespace}}
+	if err := r.apply(ctx, server, role, true, func() error {
+		setMeta(role, desiredRole)
+		role.Rules = desiredRole.Rules
+		return nil
+	}); err != nil {
+		return err
+	}
+	desiredBinding := render.StatusRoleBinding(server)
+	bindings := []*rbacv1.RoleBinding{desiredBinding}
+	vmBindings, vmClusterBinding := render.VMReaderBindings(server)
+	bindings = append(bindings, vmBindings...)
+
+	wanted := map[types.NamespacedName]bool{}
+	for _, desired := range bindings {
+		wanted[client.ObjectKeyFromObject(desired)] = true
+		rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
+		owned := desired.Namespace == server.Namespace
+		if err := r.apply(ctx, server, rb, owned, func() error {
+			if !rb.CreationTimestamp.IsZero() && rb.RoleRef != desired.RoleRef {
+				return fmt.Errorf("RoleBinding %s/%s refers to %s, not %s: delete it to let the operator recreate it",
+					rb.Namespace, rb.Name, rb.RoleRef.Name, desired.RoleRef.Name) // roleRef is immutable
+			}
+			setMeta(rb, desired)
+			rb.RoleRef, rb.Subjects = desired.RoleRef, desired.Subjects
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	if vmClusterBinding != nil {
+		crb := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: vmClusterBinding.Name}}
+		if err := r.apply(ctx, server, crb, false, func() error {
+			setMeta(crb, vmClusterBinding)
+			crb.RoleRef, crb.Subjects = vmClusterBinding.RoleRef, vmClusterBinding.Subjects
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return r.pruneRBAC(ctx, server, wanted, vmClusterBinding != nil)
+}
+
+// pruneRBAC deletes the bindings made for server that its spec no longer
+// asks for (a namespace dropped from kubevirt.namespaces, say).
+func (r *ServerReconciler) pruneRBAC(ctx context.Context, server *hyperdhcpv1beta1.Server, keep map[types.NamespacedName]bool, keepCluster bool) error {
+	selector := client.MatchingLabels{render.ServerLabel: server.Name, render.ServerNamespaceLabel: server.Namespace}
+	var bindings rbacv1.RoleBindingList
+	if err := r.List(ctx, &bindings, selector); err != nil {
+		return fmt.Errorf("list RoleBindings: %w", err)
+	}
+	for i := range bindings.Items {
+		rb := &bindings.Items[i]
+		if !keep[client.ObjectKeyFromObject(rb)] {
+			if err := r.Delete(ctx, rb); client.IgnoreNotFound(err) != nil {
+				return fmt.Errorf("delete RoleBinding %s/%s: %w", rb.Namespace, rb.Name, err)
+			}
+		}
+	}
+	if !keepCluster {
+		crb := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: render.ForeignName(server)}}
+		if err := r.Delete(ctx, crb); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("delete ClusterRoleBinding %s: %w", crb.Name, err)
+		}
+	}
+	return nil
+}
+
+func (r *ServerReconciler) reconcileConfigMap(ctx context.Context, server *hyperdhcpv1beta1.Server) (string, error) {
+	desired, hash, err := render.ConfigMap(server)
+	if err != nil {
+		return "", err
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
+	return hash, r.apply(ctx, server, cm, true, func() error {
+		setMeta(cm, desired)
+		cm.Data, cm.BinaryData = desired.Data, nil
+		return nil
+	})
+}
+
+func (r *ServerReconciler) reconcilePVC(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
+	desired := render.PVC(server)
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
+	return r.apply(ctx, server, pvc, true, func() error {
+		setMeta(pvc, desired)
+		if pvc.CreationTimestamp.IsZero() {
+			pvc.Spec = desired.Spec
+			return nil
+		}
+		// A bound claim's class and modes are immutable; it may only grow.
+		want := desired.Spec.Resources.Requests[corev1.ResourceStorage]
+		if have := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; want.Cmp(have) > 0 {
+			pvc.Spec.Resources.Requests[corev1.ResourceStorage] = want
+		}
+		return nil
+	})
+}
+
+func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hyperdhcpv1beta1.Server, configHash string) (*appsv1.Deployment, error) {
+	desired, err := render.Deployment(server, r.Image, configHash)
+	if err != nil {
+		return nil, err
+	}
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
+	err = r.apply(ctx, server, d, true, func() error {
+		setMeta(d, desired)
+		d.Spec.Replicas = desired.Spec.Replicas
+		d.Spec.Strategy = desired.Spec.Strategy
+		if d.CreationTimestamp.IsZero() {
+			d.Spec.Selector = desired.Spec.Selector // immutable
+		}
+		mergeTemplate(&d.Spec.Template, &desired.Spec.Template)
+		return nil
+	})
+	return d, err
+}
+
+// mergeTemplate sets every field of the pod template the operator manages
+// while keeping what the API server defaulted, so an unchanged Server
+// compares equal and causes no write.
+func mergeTemplate(have, want *corev1.PodTemplateSpec) {
+	have.Labels = want.Labels
+	if have.Annotations == nil {
+		have.Annotations = map[string]string{}
+	}
+	maps.Copy(have.Annotations, want.Annotations)
+
+	spec, wantSpec := &have.Spec, &want.Spec
+	spec.ServiceAccountName = wantSpec.ServiceAccountName
+	spec.SecurityContext = wantSpec.SecurityContext
+	spec.NodeSelector = wantSpec.NodeSelector
+	spec.Tolerations = wantSpec.Tolerations
+	mergeVolumes(spec, wantSpec.Volumes)
+
+	wantC := wantSpec.Containers[0]
+	if len(spec.Containers) != 1 || spec.Containers[0].Name != wantC.Name {
+		spec.Containers = []corev1.Container{wantC}
+		return
+	}
+	c := &spec.Containers[0]
+	c.Image, c.ImagePullPolicy, c.Args = wantC.Image, wantC.ImagePullPolicy, wantC.Args
+	c.Ports, c.Resources, c.VolumeMounts = wantC.Ports, wantC.Resources, wantC.VolumeMounts
+	c.SecurityContext, c.TerminationMessagePolicy = wantC.SecurityContext, wantC.TerminationMessagePolicy
+	c.LivenessProbe = mergeProbe(c.LivenessProbe, wantC.LivenessProbe)
+	c.ReadinessProbe = mergeProbe(c.ReadinessProbe, wantC.ReadinessProbe)
+}
+
+func mergeProbe(have, want *corev1.Probe) *corev1.Probe {
+	if have == nil || have.HTTPGet == nil {
+		return want
+	}
+	have.HTTPGet.Path, have.HTTPGet.Port = want.HTTPGet.Path, want.HTTPGet.Port
+	have.PeriodSeconds, have.TimeoutSeconds, have.FailureThreshold = want.PeriodSeconds, want.TimeoutSeconds, want.FailureThreshold
+	return have
+}
+
+func mergeVolumes(spec *corev1.PodSpec, want []corev1.Volume) {
+	if len(spec.Volumes) != len(want) {
+		spec.Volumes = want
+		return
+	}
+	for i, w := range want {
+		v := &spec.Volumes[i]
+		switch {
+		case v.Name != w.Name:
+			spec.Volumes = want
+			return
+		case w.ConfigMap != nil && v.ConfigMap != nil:
+			v.ConfigMap.Name = w.ConfigMap.Name // keep the defaulted mode
+		default:
+			v.VolumeSource = w.VolumeSource
+		}
+	}
+}
+
+// reconcileDelete removes what owner references cannot, then the finalizer.
+func (r *ServerReconciler) reconcileDelete(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
+	if !controllerutil.ContainsFinalizer(server, Finalizer) {
+		return nil
+	}
+	if err := r.pruneRBAC(ctx, server, nil, false); err != nil {
+		return err
+	}
+	controllerutil.RemoveFinalizer(server, Finalizer)
+	if err := r.Update(ctx, server); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove finalizer: %w", err)
+	}
+	return nil
+}
+
+// setInvalidSpec reports a spec that passed the API server but not Validate.
+func setInvalidSpec(server *hyperdhcpv1beta1.Server, err error) {
+	setConditions(server,
+		metav1.Condition{Type: hyperdhcpv1beta1.ConditionReady, Status: metav1.ConditionFalse, Reason: hyperdhcpv1beta1.ReasonInvalidSpec, Message: err.Error()},
+		metav1.Condition{Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: hyperdhcpv1beta1.ReasonInvalidSpec, Message: err.Error()},
+		metav1.Condition{Type: hyperdhcpv1beta1.ConditionProgressing, Status: metav1.ConditionFalse, Reason: hyperdhcpv1beta1.ReasonInvalidSpec, Message: "waiting for a valid spec"},
+	)
+}
+
+func setReconcileFailed(server *hyperdhcpv1beta1.Server, phase string, err error) {
+	setConditions(server, metav1.Condition{
+		Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionTrue,
+		Reason: hyperdhcpv1beta1.ReasonReconcileFailed, Message: fmt.Sprintf("%s: %v", phase, err),
+	})
+}
+
+// setDeploymentConditions derives Ready and Progressing from the Deployment.
+func setDeploymentConditions(server *hyperdhcpv1beta1.Server, d *appsv1.Deployment) {
+	rolledOut := d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == ptrValue(d.Spec.Replicas) &&
+		d.Status.Replicas == d.Status.UpdatedReplicas
+	available := d.Status.AvailableReplicas > 0 && rolledOut
+	ready := metav1.Condition{Type: hyperdhcpv1beta1.ConditionReady, Status: metav1.ConditionTrue,
+		Reason: hyperdhcpv1beta1.ReasonAvailable, Message: "hyperdhcpd is serving"}
+	if !available {
+		ready.Status, ready.Reason = metav1.ConditionFalse, hyperdhcpv1beta1.ReasonDeploymentUnavailable
+		ready.Message = fmt.Sprintf("Deployment %s has %d available of %d replicas", d.Name, d.Status.AvailableReplicas, ptrValue(d.Spec.Replicas))
+	}
+	progressing := metav1.Condition{Type: hyperdhcpv1beta1.ConditionProgressing, Status: metav1.ConditionFalse,
+		Reason: hyperdhcpv1beta1.ReasonAvailable, Message: "the current spec is rolled out"}
+	if !rolledOut {
+		progressing.Status, progressing.Reason, progressing.Message = metav1.ConditionTrue, hyperdhcpv1beta1.ReasonRollingOut, "rolling out the current spec"
+	}
+	setConditions(server, ready, progressing, metav1.Condition{
+		Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionFalse, Reason: hyperdhcpv1beta1.ReasonAvailable, Message: "no problems",
+	})
+}
+
+func setConditions(server *hyperdhcpv1beta1.Server, conditions ...metav1.Condition) {
+	for _, c := range conditions {
+		c.ObservedGeneration = server.Generation
+		meta.SetStatusCondition(&server.Status.Conditions, c)
+	}
+}
+
+func ptrValue(p *int32) int32 {
+	if p == nil {
+		return 1
+	}
+	return *p
+}

@@ -1,0 +1,337 @@
+// Package render builds the objects a Server becomes. Every function is
+// pure: it takes the Server (and what the caller looked up) and returns the
+// desired object, so the shapes are unit-tested without a cluster.
+package render
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/hyperdhcp/hyperdhcp/apis/config"
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+)
+
+// Where things live in the hyperdhcpd pod, and the keys the operator uses.
+const (
+	ConfigKey            = "hyperdhcpd.yaml"
+	ConfigDir            = "/etc/hyperdhcp"
+	DataDir              = "/var/lib/hyperdhcp"
+	MetricsPort          = 8067
+	ConfigHashAnnotation = "hyperdhcp.io/config-hash"
+	NetworksAnnotation   = "k8s.v1.cni.cncf.io/networks"
+	// VMReaderClusterRole is the ClusterRole (deploy/rbac) that lets
+	// hyperdhcpd read VirtualMachineInstances and VirtualMachines; the
+	// operator binds it in each namespace a Server serves.
+	VMReaderClusterRole = "hyperdhcp-vm-reader"
+	// ServerLabel and ServerNamespaceLabel mark objects made for a Server,
+	// including those outside its namespace that no owner reference can hold.
+	ServerLabel          = "hyperdhcp.io/server"
+	ServerNamespaceLabel = "hyperdhcp.io/server-namespace"
+	containerName        = "hyperdhcpd"
+)
+
+// Name is the name of every namespaced object made for server.
+func Name(server *hyperdhcpv1beta1.Server) string { return "hyperdhcpd-" + server.Name }
+
+// PVCName is the lease database's PersistentVolumeClaim.
+func PVCName(server *hyperdhcpv1beta1.Server) string { return Name(server) + "-leases" }
+
+// ForeignName names objects outside the Server's namespace, which must tell
+// Servers of different namespaces apart.
+func ForeignName(server *hyperdhcpv1beta1.Server) string {
+	return "hyperdhcpd-" + server.Namespace + "-" + server.Name
+}
+
+// SelectorLabels select the hyperdhcpd pod of server.
+func SelectorLabels(server *hyperdhcpv1beta1.Server) map[string]string {
+	return map[string]string{
+		"app.kubernetes.io/name":     "hyperdhcpd",
+		"app.kubernetes.io/instance": server.Name,
+	}
+}
+
+// Labels go on every object made for server.
+func Labels(server *hyperdhcpv1beta1.Server) map[string]string {
+	labels := SelectorLabels(server)
+	labels["app.kubernetes.io/managed-by"] = "hyperdhcp-operator"
+	labels[ServerLabel] = server.Name
+	labels[ServerNamespaceLabel] = server.Namespace
+	return labels
+}
+
+func meta(server *hyperdhcpv1beta1.Server, name, namespace string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: Labels(server)}
+}
+
+// Config is the hyperdhcpd configuration for server.
+func Config(server *hyperdhcpv1beta1.Server) *config.Config {
+	cfg := &config.Config{
+		Server:         *server.Spec.DeepCopy(),
+		LeaseDatabase:  DataDir + "/leases.db",
+		MetricsAddress: fmt.Sprintf(":%d", MetricsPort),
+		Kubernetes: &config.Kubernetes{
+			ServerName:      server.Name,
+			ServerNamespace: server.Namespace,
+		},
+	}
+	// The pod-level settings are the operator's business, not hyperdhcpd's.
+	cfg.Server.Image, cfg.Server.Resources, cfg.Server.NodeSelector, cfg.Server.Tolerations = "", nil, nil, nil
+	cfg.Server.Storage = nil
+	cfg.SetDefaults()
+	return cfg
+}
+
+// ConfigMap holds the rendered configuration; the hash goes on the pod
+// template so that a change rolls the pod.
+func ConfigMap(server *hyperdhcpv1beta1.Server) (*corev1.ConfigMap, string, error) {
+	data, err := Config(server).Marshal()
+	if err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(data)
+	return &corev1.ConfigMap{
+		ObjectMeta: meta(server, Name(server), server.Namespace),
+		Data:       map[string]string{ConfigKey: string(data)},
+	}, hex.EncodeToString(sum[:8]), nil
+}
+
+// ServiceAccount is hyperdhcpd's identity.
+func ServiceAccount(server *hyperdhcpv1beta1.Server) *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{
+		ObjectMeta:                   meta(server, Name(server), server.Namespace),
+		AutomountServiceAccountToken: new(true), // hyperdhcpd reports status and reads VMs
+	}
+}
+
+// StatusRole lets hyperdhcpd read its own Server and patch its status, and
+// record Events; nothing else.
+func StatusRole(server *hyperdhcpv1beta1.Server) *rbacv1.Role {
+	return &rbacv1.Role{
+		ObjectMeta: meta(server, Name(server), server.Namespace),
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{hyperdhcpv1beta1.GroupVersion.Group}, Resources: []string{"servers"}, ResourceNames: []string{server.Name}, Verbs: []string{"get"}},
+			{APIGroups: []string{hyperdhcpv1beta1.GroupVersion.Group}, Resources: []string{"servers/status"}, ResourceNames: []string{server.Name}, Verbs: []string{"get", "patch"}},
+			{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		},
+	}
+}
+
+func subjects(server *hyperdhcpv1beta1.Server) []rbacv1.Subject {
+	return []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: Name(server), Namespace: server.Namespace}}
+}
+
+// StatusRoleBinding binds StatusRole to hyperdhcpd's ServiceAccount.
+func StatusRoleBinding(server *hyperdhcpv1beta1.Server) *rbacv1.RoleBinding {
+	return &rbacv1.RoleBinding{
+		ObjectMeta: meta(server, Name(server), server.Namespace),
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: Name(server)},
+		Subjects:   subjects(server),
+	}
+}
+
+// VMReaderBindings grant hyperdhcpd read access to VMs where it serves them:
+// a RoleBinding per namespace, or one ClusterRoleBinding when it serves all
+// namespaces; none when KubeVirt support is off.
+func VMReaderBindings(server *hyperdhcpv1beta1.Server) ([]*rbacv1.RoleBinding, *rbacv1.ClusterRoleBinding) {
+	if kv := server.Spec.KubeVirt; kv != nil && kv.Enabled != nil && !*kv.Enabled {
+		return nil, nil
+	}
+	roleRef := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: VMReaderClusterRole}
+	namespaces := server.KubeVirtNamespaces()
+	if namespaces == nil {
+		return nil, &rbacv1.ClusterRoleBinding{
+			ObjectMeta: meta(server, ForeignName(server), ""),
+			RoleRef:    roleRef,
+			Subjects:   subjects(server),
+		}
+	}
+	var bindings []*rbacv1.RoleBinding
+	for _, ns := range slices.Sorted(slices.Values(namespaces)) {
+		name := Name(server)
+		if ns != server.Namespace {
+			name = ForeignName(server)
+		}
+		bindings = append(bindings, &rbacv1.RoleBinding{
+			ObjectMeta: meta(server, name, ns),
+			RoleRef:    roleRef,
+			Subjects:   subjects(server),
+		})
+	}
+	return bindings, nil
+}
+
+// PVC holds the lease database.
+func PVC(server *hyperdhcpv1beta1.Server) *corev1.PersistentVolumeClaim {
+	size := resource.MustParse(hyperdhcpv1beta1.DefaultStorageSize)
+	var class *string
+	if st := server.Spec.Storage; st != nil {
+		if st.Size != nil {
+			size = st.Size.DeepCopy()
+		}
+		if st.StorageClassName != "" {
+			class = new(st.StorageClassName)
+		}
+	}
+	return &corev1.PersistentVolumeClaim{
+		ObjectMeta: meta(server, PVCName(server), server.Namespace),
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName: class, // nil: the cluster's default class
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: size}},
+		},
+	}
+}
+
+// networkSelection is one entry of the Multus networks annotation.
+type networkSelection struct {
+	Name      string   `json:"name"`
+	Namespace string   `json:"namespace"`
+	Interface string   `json:"interface"`
+	IPs       []string `json:"ips"`
+}
+
+// NetworksAnnotationValue attaches the pod to the Server's network with the
+// server's own address.
+func NetworksAnnotationValue(server *hyperdhcpv1beta1.Server) (string, error) {
+	iface := server.Spec.NetworkAttachment.Interface
+	if iface == "" {
+		iface = hyperdhcpv1beta1.DefaultInterface
+	}
+	data, err := json.Marshal([]networkSelection{{
+		Name:      server.Spec.NetworkAttachment.Name,
+		Namespace: server.AttachmentNamespace(),
+		Interface: iface,
+		IPs:       []string{string(server.Spec.ServerIP)},
+	}})
+	if err != nil {
+		return "", fmt.Errorf("encode %s annotation: %w", NetworksAnnotation, err)
+	}
+	return string(data), nil
+}
+
+// Deployment runs hyperdhcpd for server with the given image; configHash
+// (from ConfigMap) rolls the pod when the configuration changes.
+func Deployment(server *hyperdhcpv1beta1.Server, image, configHash string) (*appsv1.Deployment, error) {
+	networks, err := NetworksAnnotationValue(server)
+	if err != nil {
+		return nil, err
+	}
+	if server.Spec.Image != "" {
+		image = server.Spec.Image
+	}
+	probe := func(path string) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString("metrics")}},
+			PeriodSeconds: 10, TimeoutSeconds: 2, FailureThreshold: 3,
+		}
+	}
+	container := corev1.Container{
+		Name:            containerName,
+		Image:           image,
+		ImagePullPolicy: corev1.PullIfNotPresent,
+		Args:            []string{"serve", "--config", ConfigDir + "/" + ConfigKey, "--log-format", "json"},
+		Ports:           []corev1.ContainerPort{{Name: "metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP}},
+		LivenessProbe:   probe("/healthz"),
+		ReadinessProbe:  probe("/readyz"),
+		Resources:       resources(server.Spec.Resources),
+		VolumeMounts: []corev1.VolumeMount{
+			{Name: "config", MountPath: ConfigDir, ReadOnly: true},
+			{Name: "leases", MountPath: DataDir},
+		},
+		SecurityContext: &corev1.SecurityContext{
+			Privileged:               new(false),
+			AllowPrivilegeEscalation: new(false),
+			ReadOnlyRootFilesystem:   new(true),
+			// DHCP needs port 67 (NET_BIND_SERVICE) and broadcast replies on a
+			// socket bound to the Multus interface; SO_BINDTODEVICE needs
+			// NET_RAW on kernels before 5.7. Nothing else is kept.
+			Capabilities: &corev1.Capabilities{
+				Drop: []corev1.Capability{"ALL"},
+				Add:  []corev1.Capability{"NET_BIND_SERVICE", "NET_RAW"},
+			},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	podLabels := SelectorLabels(server)
+	return &appsv1.Deployment{
+		ObjectMeta: meta(server, Name(server), server.Namespace),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: new(int32(1)),
+			// The lease volume is ReadWriteOnce and two servers must never
+			// share a database: the old pod goes before the new one starts.
+			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
+			Selector: &metav1.LabelSelector{MatchLabels: SelectorLabels(server)},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{
+					Labels: podLabels,
+					Annotations: map[string]string{
+						NetworksAnnotation:   networks,
+						ConfigHashAnnotation: configHash,
+					},
+				},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: Name(server),
+					SecurityContext: &corev1.PodSecurityContext{
+						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+						// Root inside the pod keeps the lease volume writable on
+						// any storage class; capabilities are dropped above.
+						RunAsNonRoot: new(false),
+					},
+					Containers:   []corev1.Container{container},
+					NodeSelector: maps.Clone(server.Spec.NodeSelector),
+					Tolerations:  tolerations(server.Spec.Tolerations),
+					Volumes: []corev1.Volume{
+						{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+							LocalObjectReference: corev1.LocalObjectReference{Name: Name(server)},
+						}}},
+						{Name: "leases", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{
+							ClaimName: PVCName(server),
+						}}},
+					},
+				},
+			},
+		},
+	}, nil
+}
+
+func resources(r *hyperdhcpv1beta1.ResourceRequirements) corev1.ResourceRequirements {
+	if r == nil {
+		return corev1.ResourceRequirements{}
+	}
+	list := func(in map[string]resource.Quantity) corev1.ResourceList {
+		if len(in) == 0 {
+			return nil
+		}
+		out := corev1.ResourceList{}
+		for k, v := range in {
+			out[corev1.ResourceName(k)] = v.DeepCopy()
+		}
+		return out
+	}
+	return corev1.ResourceRequirements{Limits: list(r.Limits), Requests: list(r.Requests)}
+}
+
+func tolerations(in []hyperdhcpv1beta1.Toleration) []corev1.Toleration {
+	var out []corev1.Toleration
+	for _, t := range in {
+		out = append(out, corev1.Toleration{
+			Key:               t.Key,
+			Operator:          corev1.TolerationOperator(t.Operator),
+			Value:             t.Value,
+			Effect:            corev1.TaintEffect(t.Effect),
+			TolerationSeconds: t.TolerationSeconds,
+		})
+	}
+	return out
+}

@@ -1,0 +1,166 @@
+package render
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/hyperdhcp/hyperdhcp/apis/config"
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+)
+
+func testServer() *hyperdhcpv1beta1.Server {
+	s := &hyperdhcpv1beta1.Server{
+		ObjectMeta: metav1.ObjectMeta{Name: "lab", Namespace: "vms"},
+		Spec: hyperdhcpv1beta1.ServerSpec{
+			NetworkAttachment: hyperdhcpv1beta1.NetworkAttachment{Name: "lab-bridge", Namespace: "networks"},
+			ServerIP:          "192.168.50.2/24",
+			Pools:             []hyperdhcpv1beta1.AddressRange{{Start: "192.168.50.100", End: "192.168.50.199"}},
+			Image:             "",
+		},
+	}
+	hyperdhcpv1beta1.SetDefaults(&s.Spec)
+	return s
+}
+
+func TestConfigIsValidAndNamesItsServer(t *testing.T) {
+	cm, hash, err := ConfigMap(testServer())
+	require.NoError(t, err)
+	require.Len(t, hash, 16)
+	cfg, err := config.Parse([]byte(cm.Data[ConfigKey]), "configmap")
+	require.NoError(t, err)
+	cfg.SetDefaults()
+	require.NoError(t, cfg.Validate())
+	assert.Equal(t, "net1", cfg.Interface)
+	assert.Equal(t, DataDir+"/leases.db", cfg.LeaseDatabase)
+	assert.Equal(t, &config.Kubernetes{ServerName: "lab", ServerNamespace: "vms", StatusInterval: cfg.Kubernetes.StatusInterval}, cfg.Kubernetes)
+}
+
+func TestConfigHashFollowsTheSpec(t *testing.T) {
+	_, before, err := ConfigMap(testServer())
+	require.NoError(t, err)
+	changed := testServer()
+	changed.Spec.Router = "192.168.50.1"
+	_, after, err := ConfigMap(changed)
+	require.NoError(t, err)
+	assert.NotEqual(t, before, after)
+
+	podOnly := testServer()
+	podOnly.Spec.NodeSelector = map[string]string{"zone": "a"}
+	_, same, err := ConfigMap(podOnly)
+	require.NoError(t, err)
+	assert.Equal(t, before, same, "pod-level settings do not restart hyperdhcpd through the config")
+}
+
+func TestDeployment(t *testing.T) {
+	server := testServer()
+	server.Spec.NodeSelector = map[string]string{"zone": "a"}
+	server.Spec.Tolerations = []hyperdhcpv1beta1.Toleration{{Key: "infra", Operator: "Exists", Effect: "NoSchedule"}}
+	server.Spec.Resources = &hyperdhcpv1beta1.ResourceRequirements{Limits: map[string]resource.Quantity{"memory": resource.MustParse("128Mi")}}
+	d, err := Deployment(server, "example/hyperdhcpd:v1", "abc")
+	require.NoError(t, err)
+
+	assert.Equal(t, "hyperdhcpd-lab", d.Name)
+	assert.Equal(t, int32(1), *d.Spec.Replicas)
+	assert.Equal(t, appsv1.RecreateDeploymentStrategyType, d.Spec.Strategy.Type)
+	pod := d.Spec.Template
+	assert.Equal(t, "abc", pod.Annotations[ConfigHashAnnotation])
+	var networks []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(pod.Annotations[NetworksAnnotation]), &networks))
+	assert.Equal(t, []map[string]any{{"name": "lab-bridge", "namespace": "networks", "interface": "net1", "ips": []any{"192.168.50.2/24"}}}, networks)
+
+	c := pod.Spec.Containers[0]
+	assert.Equal(t, "example/hyperdhcpd:v1", c.Image)
+	assert.Equal(t, []string{"serve", "--config", "/etc/hyperdhcp/hyperdhcpd.yaml", "--log-format", "json"}, c.Args)
+	assert.Equal(t, "/healthz", c.LivenessProbe.HTTPGet.Path)
+	assert.Equal(t, "/readyz", c.ReadinessProbe.HTTPGet.Path)
+	sc := c.SecurityContext
+	assert.False(t, *sc.Privileged)
+	assert.False(t, *sc.AllowPrivilegeEscalation)
+	assert.True(t, *sc.ReadOnlyRootFilesystem)
+	assert.Equal(t, []corev1.Capability{"ALL"}, sc.Capabilities.Drop)
+	assert.Equal(t, []corev1.Capability{"NET_BIND_SERVICE", "NET_RAW"}, sc.Capabilities.Add)
+	assert.Equal(t, corev1.SeccompProfileTypeRuntimeDefault, pod.Spec.SecurityContext.SeccompProfile.Type)
+	assert.Equal(t, resource.MustParse("128Mi"), c.Resources.Limits[corev1.ResourceMemory])
+	assert.Equal(t, map[string]string{"zone": "a"}, pod.Spec.NodeSelector)
+	assert.Equal(t, corev1.TolerationOpExists, pod.Spec.Tolerations[0].Operator)
+	assert.Equal(t, "hyperdhcpd-lab", pod.Spec.ServiceAccountName)
+	assert.Equal(t, "hyperdhcpd-lab-leases", pod.Spec.Volumes[1].PersistentVolumeClaim.ClaimName)
+
+	server.Spec.Image = "mirror.example/hyperdhcpd:v2"
+	d, err = Deployment(server, "example/hyperdhcpd:v1", "abc")
+	require.NoError(t, err)
+	assert.Equal(t, "mirror.example/hyperdhcpd:v2", d.Spec.Template.Spec.Containers[0].Image, "the Server's image wins")
+}
+
+func TestNetworksAnnotationDefaultsToTheServersNamespace(t *testing.T) {
+	server := testServer()
+	server.Spec.NetworkAttachment.Namespace = ""
+	value, err := NetworksAnnotationValue(server)
+	require.NoError(t, err)
+	assert.JSONEq(t, `[{"name":"lab-bridge","namespace":"vms","interface":"net1","ips":["192.168.50.2/24"]}]`, value)
+}
+
+func TestPVC(t *testing.T) {
+	pvc := PVC(testServer())
+	assert.Nil(t, pvc.Spec.StorageClassName, "no class: the cluster default")
+	assert.Equal(t, resource.MustParse("64Mi"), pvc.Spec.Resources.Requests[corev1.ResourceStorage])
+	assert.Equal(t, []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, pvc.Spec.AccessModes)
+
+	server := testServer()
+	server.Spec.Storage = &hyperdhcpv1beta1.StorageSpec{StorageClassName: "fast", Size: new(resource.MustParse("1Gi"))}
+	pvc = PVC(server)
+	assert.Equal(t, "fast", *pvc.Spec.StorageClassName)
+	assert.Equal(t, resource.MustParse("1Gi"), pvc.Spec.Resources.Requests[corev1.ResourceStorage])
+}
+
+func TestRBAC(t *testing.T) {
+	server := testServer()
+	role := StatusRole(server)
+	for _, rule := range role.Rules {
+		if rule.APIGroups[0] == "hyperdhcp.io" {
+			assert.Equal(t, []string{"lab"}, rule.ResourceNames, "only its own Server")
+		}
+		assert.NotContains(t, rule.Resources, "secrets")
+	}
+
+	cases := []struct {
+		name       string
+		kubevirt   *hyperdhcpv1beta1.KubeVirtSpec
+		namespaces []string
+		cluster    bool
+	}{
+		{"own namespace", &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(true)}, []string{"vms"}, false},
+		{"listed namespaces", &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(true), Namespaces: []string{"ci", "vms"}}, []string{"ci", "vms"}, false},
+		{"all namespaces", &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(true), AllNamespaces: true}, nil, true},
+		{"kubevirt off", &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(false)}, nil, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			server.Spec.KubeVirt = tc.kubevirt
+			bindings, cluster := VMReaderBindings(server)
+			var namespaces []string
+			for _, b := range bindings {
+				namespaces = append(namespaces, b.Namespace)
+				assert.Equal(t, VMReaderClusterRole, b.RoleRef.Name)
+			}
+			assert.Equal(t, tc.namespaces, namespaces)
+			assert.Equal(t, tc.cluster, cluster != nil)
+		})
+	}
+}
+
+// The rendered objects serialise cleanly (no string-built YAML anywhere).
+func TestObjectsSerialise(t *testing.T) {
+	d, err := Deployment(testServer(), "img", "h")
+	require.NoError(t, err)
+	_, err = yaml.Marshal(d)
+	require.NoError(t, err)
+}
