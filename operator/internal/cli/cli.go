@@ -2,7 +2,6 @@
 package cli
 
 import (
-
 	"fmt"
 	"log/slog"
 	"os"
@@ -125,5 +124,3 @@ func Main(args []string) int {
 	}
 	return 0
 }
-
-
