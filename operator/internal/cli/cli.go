@@ -9,32 +9,19 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/urfave/cli/v2"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	"github.com/hyperdhcp/hyperdhcp/operator/internal/controller"
+	"github.com/hyperdhcp/hyperdhcp/operator/internal/scheme"
 	"github.com/hyperdhcp/hyperdhcp/operator/internal/version"
 )
 
 func envVar(flag string) []string {
 	return []string{"HYPERDHCP_OPERATOR_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
-}
-
-// Scheme knows every type the operator reads or writes.
-func Scheme() (*runtime.Scheme, error) {
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, hyperdhcpv1beta1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			return nil, fmt.Errorf("build scheme: %w", err)
-		}
-	}
-	return scheme, nil
 }
 
 // App returns the operator's command line application.
@@ -63,7 +50,7 @@ func run(c *cli.Context) error {
 	}
 	ctrl.SetLogger(logr.FromSlogHandler(slog.NewJSONHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level})))
 
-	scheme, err := Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return err
 	}

@@ -158,7 +158,7 @@ func VMReaderBindings(server *hyperdhcpv1beta1.Server) ([]*rbacv1.RoleBinding, *
 	}
 	var bindings []*rbacv1.RoleBinding
 	for _, ns := range slices.Sorted(slices.Values(namespaces)) {
-		name := Name(server)
+		name := Name(server) + "-vm-reader" // beside StatusRoleBinding
 		if ns != server.Namespace {
 			name = ForeignName(server)
 		}

@@ -1,0 +1,354 @@
+package controller
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/operator/internal/render"
+)
+
+const (
+	timeout  = 20 * time.Second
+	interval = 100 * time.Millisecond
+)
+
+func newNamespace(t *testing.T) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "op-"}}
+	require.NoError(t, admin.Create(t.Context(), ns))
+	return ns.Name
+}
+
+func newServer(t *testing.T, namespace, name string, mutate func(*hyperdhcpv1beta1.ServerSpec)) *hyperdhcpv1beta1.Server {
+	t.Helper()
+	server := &hyperdhcpv1beta1.Server{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		Spec: hyperdhcpv1beta1.ServerSpec{
+			NetworkAttachment: hyperdhcpv1beta1.NetworkAttachment{Name: "lab-bridge"},
+			ServerIP:          "192.168.50.2/24",
+			Pools:             []hyperdhcpv1beta1.AddressRange{{Start: "192.168.50.100", End: "192.168.50.199"}},
+		},
+	}
+	if mutate != nil {
+		mutate(&server.Spec)
+	}
+	require.NoError(t, admin.Create(t.Context(), server))
+	return server
+}
+
+// updateServer applies mutate to the latest version of server.
+func updateServer(t *testing.T, server *hyperdhcpv1beta1.Server, mutate func(*hyperdhcpv1beta1.ServerSpec)) {
+	t.Helper()
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := admin.Get(t.Context(), client.ObjectKeyFromObject(server), server); err != nil {
+			return err
+		}
+		mutate(&server.Spec)
+		return admin.Update(t.Context(), server)
+	}))
+}
+
+// eventually fetches obj until check passes.
+func eventually(t *testing.T, obj client.Object, key types.NamespacedName, check func() bool, msg string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		return admin.Get(context.Background(), key, obj) == nil && check()
+	}, timeout, interval, msg)
+}
+
+func key(namespace, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: namespace, Name: name}
+}
+
+func ownedBy(obj client.Object, server *hyperdhcpv1beta1.Server) bool {
+	ref := metav1.GetControllerOf(obj)
+	return ref != nil && ref.Kind == "Server" && ref.Name == server.Name && ref.UID == server.UID
+}
+
+func TestServerBecomesItsChildren(t *testing.T) {
+	ns, other := newNamespace(t), newNamespace(t)
+	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
+		s.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{ns, other}}
+		s.Router = "192.168.50.1"
+	})
+	name := render.Name(server)
+
+	d := &appsv1.Deployment{}
+	eventually(t, d, key(ns, name), func() bool { return true }, "Deployment created")
+	assert.True(t, ownedBy(d, server))
+	pod := d.Spec.Template
+	assert.Equal(t, testImage, pod.Spec.Containers[0].Image)
+	assert.JSONEq(t, `[{"name":"lab-bridge","namespace":"`+ns+`","interface":"net1","ips":["192.168.50.2/24"]}]`,
+		pod.Annotations[render.NetworksAnnotation])
+	assert.NotEmpty(t, pod.Annotations[render.ConfigHashAnnotation])
+	assert.Equal(t, appsv1.RecreateDeploymentStrategyType, d.Spec.Strategy.Type)
+
+	for _, obj := range []client.Object{&corev1.ServiceAccount{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}, &corev1.ConfigMap{}} {
+		eventually(t, obj, key(ns, name), func() bool { return true }, "child created")
+		assert.True(t, ownedBy(obj, server), "%T is owned by the Server", obj)
+	}
+	pvc := &corev1.PersistentVolumeClaim{}
+	eventually(t, pvc, key(ns, render.PVCName(server)), func() bool { return true }, "PVC created")
+	assert.True(t, ownedBy(pvc, server))
+	assert.Nil(t, pvc.Spec.StorageClassName, "the cluster's default class")
+
+	foreign := &rbacv1.RoleBinding{}
+	eventually(t, foreign, key(other, render.ForeignName(server)), func() bool { return true }, "VM reader binding in the other namespace")
+	assert.Equal(t, render.VMReaderClusterRole, foreign.RoleRef.Name)
+
+	// The rendered configuration is exactly what hyperdhcpd accepts.
+	cm := &corev1.ConfigMap{}
+	require.NoError(t, admin.Get(t.Context(), key(ns, name), cm))
+	path := filepath.Join(t.TempDir(), render.ConfigKey)
+	require.NoError(t, os.WriteFile(path, []byte(cm.Data[render.ConfigKey]), 0o600))
+	out, err := exec.Command(hyperdhcpd, "check", "--config", path).CombinedOutput()
+	require.NoError(t, err, "hyperdhcpd check refused the rendered config: %s", out)
+
+	// Without a kubelet the Deployment never becomes available.
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		ready := meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady)
+		return server.Status.ObservedGeneration == server.Generation && ready != nil &&
+			ready.Reason == hyperdhcpv1beta1.ReasonDeploymentUnavailable
+	}, "status reports the Deployment unavailable")
+	assert.Contains(t, server.Finalizers, Finalizer)
+}
+
+func TestReadyWhenTheDeploymentIsAvailable(t *testing.T) {
+	ns := newNamespace(t)
+	server := newServer(t, ns, "lab", nil)
+	d := &appsv1.Deployment{}
+	eventually(t, d, key(ns, render.Name(server)), func() bool { return true }, "Deployment created")
+	// Play the deployment controller: one available replica.
+	d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
+	require.NoError(t, admin.Status().Update(t.Context(), d))
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		return meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady) &&
+			meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionProgressing)
+	}, "Ready once the Deployment is available")
+
+	out, err := kubectl("get", "servers", "-n", ns)
+	require.NoError(t, err, out)
+	assert.Regexp(t, `lab\s+lab-bridge\s+192.168.50.2/24\s+\S*\s+\S*\s+True`, out, "printer columns")
+}
+
+func TestEditingTheServerRollsThePod(t *testing.T) {
+	ns := newNamespace(t)
+	server := newServer(t, ns, "lab", nil)
+	name := render.Name(server)
+	d := &appsv1.Deployment{}
+	eventually(t, d, key(ns, name), func() bool { return true }, "Deployment created")
+	hash := d.Spec.Template.Annotations[render.ConfigHashAnnotation]
+
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.DNS = []hyperdhcpv1beta1.IPv4Address{"192.168.50.53"} })
+
+	cm := &corev1.ConfigMap{}
+	eventually(t, cm, key(ns, name), func() bool { return strings.Contains(cm.Data[render.ConfigKey], "192.168.50.53") }, "ConfigMap updated")
+	eventually(t, d, key(ns, name), func() bool { return d.Spec.Template.Annotations[render.ConfigHashAnnotation] != hash },
+		"the pod template's config hash changes, so the pod rolls")
+}
+
+func TestDriftIsRepaired(t *testing.T) {
+	ns := newNamespace(t)
+	server := newServer(t, ns, "lab", nil)
+	name := render.Name(server)
+	d := &appsv1.Deployment{}
+	eventually(t, d, key(ns, name), func() bool { return true }, "Deployment created")
+
+	// An edit is put back.
+	d.Spec.Replicas = new(int32(3))
+	d.Spec.Template.Spec.Containers[0].Image = "evil.example/other:latest"
+	require.NoError(t, admin.Update(t.Context(), d))
+	eventually(t, d, key(ns, name), func() bool {
+		return *d.Spec.Replicas == 1 && d.Spec.Template.Spec.Containers[0].Image == testImage
+	}, "Deployment restored")
+
+	// A deleted child comes back.
+	cm := &corev1.ConfigMap{}
+	require.NoError(t, admin.Get(t.Context(), key(ns, name), cm))
+	oldUID := cm.UID
+	require.NoError(t, admin.Delete(t.Context(), cm))
+	eventually(t, cm, key(ns, name), func() bool { return cm.UID != oldUID }, "ConfigMap recreated")
+
+	role := &rbacv1.Role{}
+	require.NoError(t, admin.Get(t.Context(), key(ns, name), role))
+	role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}})
+	require.NoError(t, admin.Update(t.Context(), role))
+	eventually(t, role, key(ns, name), func() bool { return len(role.Rules) == 3 }, "an added permission is taken away")
+}
+
+func TestInvalidSpecIsReported(t *testing.T) {
+	ns := newNamespace(t)
+	// CEL cannot see overlapping pools; Validate can.
+	server := newServer(t, ns, "overlap", func(s *hyperdhcpv1beta1.ServerSpec) {
+		s.Pools = append(s.Pools, hyperdhcpv1beta1.AddressRange{Start: "192.168.50.150", End: "192.168.50.220"})
+	})
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		c := meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady)
+		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == hyperdhcpv1beta1.ReasonInvalidSpec
+	}, "Ready=False, InvalidSpec")
+	c := meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady)
+	assert.Contains(t, c.Message, "overlaps pool 0")
+	assert.True(t, meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded))
+
+	require.Eventually(t, func() bool {
+		var events eventsv1.EventList
+		if err := admin.List(context.Background(), &events, client.InNamespace(ns)); err != nil {
+			return false
+		}
+		for _, e := range events.Items {
+			if e.Regarding.Name == server.Name && e.Reason == hyperdhcpv1beta1.ReasonInvalidSpec && e.Type == corev1.EventTypeWarning {
+				return true
+			}
+		}
+		return false
+	}, timeout, interval, "a Warning Event")
+
+	d := &appsv1.Deployment{}
+	err := admin.Get(t.Context(), key(ns, render.Name(server)), d)
+	assert.True(t, apierrors.IsNotFound(err), "nothing is deployed for an invalid spec")
+}
+
+// TestNoOpResyncWritesNothing reconciles a settled Server again and checks
+// that no object changed.
+func TestNoOpResyncWritesNothing(t *testing.T) {
+	ns, other := newNamespace(t), newNamespace(t)
+	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
+		s.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{ns, other}}
+	})
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		return server.Status.ObservedGeneration == server.Generation && len(server.Status.Conditions) == 3
+	}, "settled")
+
+	versions := func() map[string]string {
+		out := map[string]string{}
+		objs := map[string]client.Object{
+			"server": &hyperdhcpv1beta1.Server{}, "sa": &corev1.ServiceAccount{}, "role": &rbacv1.Role{},
+			"rb": &rbacv1.RoleBinding{}, "cm": &corev1.ConfigMap{}, "pvc": &corev1.PersistentVolumeClaim{}, "deploy": &appsv1.Deployment{},
+		}
+		for kind, obj := range objs {
+			k := key(ns, render.Name(server))
+			switch kind {
+			case "server":
+				k = client.ObjectKeyFromObject(server)
+			case "pvc":
+				k = key(ns, render.PVCName(server))
+			}
+			require.NoError(t, admin.Get(t.Context(), k, obj))
+			out[kind] = obj.GetResourceVersion()
+		}
+		foreign := &rbacv1.RoleBinding{}
+		require.NoError(t, admin.Get(t.Context(), key(other, render.ForeignName(server)), foreign))
+		out["foreign"] = foreign.ResourceVersion
+		return out
+	}
+	// Let the manager's reconciles of the create events run out first.
+	var before map[string]string
+	require.Eventually(t, func() bool {
+		first := versions()
+		time.Sleep(time.Second)
+		before = versions()
+		return assert.ObjectsAreEqual(first, before)
+	}, timeout, interval)
+
+	direct := &ServerReconciler{Client: operator, Recorder: reconciler.Recorder, Image: testImage}
+	for range 3 {
+		_, err := direct.Reconcile(t.Context(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(server)})
+		require.NoError(t, err)
+	}
+	assert.Equal(t, before, versions(), "a no-op reconcile must not write")
+}
+
+func TestDeletingTheServerRemovesForeignBindings(t *testing.T) {
+	ns, other := newNamespace(t), newNamespace(t)
+	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
+		s.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{other}}
+	})
+	foreign := &rbacv1.RoleBinding{}
+	eventually(t, foreign, key(other, render.ForeignName(server)), func() bool { return true }, "foreign binding created")
+
+	// Narrowing the namespaces prunes the binding.
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.KubeVirt.Namespaces = nil })
+	require.Eventually(t, func() bool {
+		return apierrors.IsNotFound(admin.Get(context.Background(), key(other, render.ForeignName(server)), foreign))
+	}, timeout, interval, "binding of a namespace no longer served is removed")
+
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.KubeVirt.AllNamespaces = true })
+	crb := &rbacv1.ClusterRoleBinding{}
+	eventually(t, crb, key("", render.ForeignName(server)), func() bool { return true }, "all namespaces: a ClusterRoleBinding")
+
+	require.NoError(t, admin.Delete(t.Context(), server))
+	require.Eventually(t, func() bool {
+		return apierrors.IsNotFound(admin.Get(context.Background(), key("", render.ForeignName(server)), crb)) &&
+			apierrors.IsNotFound(admin.Get(context.Background(), client.ObjectKeyFromObject(server), server))
+	}, timeout, interval, "the finalizer cleans up cluster-wide RBAC, then lets the Server go")
+}
+
+// TestHyperdhcpdRBACIsMinimal asks the API server what hyperdhcpd's
+// ServiceAccount may do.
+func TestHyperdhcpdRBACIsMinimal(t *testing.T) {
+	ns, other, unrelated := newNamespace(t), newNamespace(t), newNamespace(t)
+	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
+		s.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{ns, other}}
+	})
+	newServer(t, ns, "neighbour", nil)
+	eventually(t, &rbacv1.RoleBinding{}, key(other, render.ForeignName(server)), func() bool { return true }, "RBAC in place")
+	eventually(t, &rbacv1.RoleBinding{}, key(ns, render.Name(server)), func() bool { return true }, "RBAC in place")
+	user := "system:serviceaccount:" + ns + ":" + render.Name(server)
+
+	cases := []struct {
+		attrs authorizationv1.ResourceAttributes
+		want  bool
+	}{
+		{authorizationv1.ResourceAttributes{Namespace: ns, Verb: "list", Group: "kubevirt.io", Resource: "virtualmachineinstances"}, true},
+		{authorizationv1.ResourceAttributes{Namespace: other, Verb: "watch", Group: "kubevirt.io", Resource: "virtualmachines"}, true},
+		{authorizationv1.ResourceAttributes{Namespace: ns, Verb: "patch", Group: "hyperdhcp.io", Resource: "servers", Subresource: "status", Name: "lab"}, true},
+		{authorizationv1.ResourceAttributes{Namespace: ns, Verb: "create", Group: "events.k8s.io", Resource: "events"}, true},
+		{authorizationv1.ResourceAttributes{Namespace: unrelated, Verb: "list", Group: "kubevirt.io", Resource: "virtualmachineinstances"}, false},
+		{authorizationv1.ResourceAttributes{Namespace: ns, Verb: "patch", Group: "hyperdhcp.io", Resource: "servers", Subresource: "status", Name: "neighbour"}, false},
+		{authorizationv1.ResourceAttributes{Namespace: ns, Verb: "update", Group: "hyperdhcp.io", Resource: "servers", Name: "lab"}, false},
+		{authorizationv1.ResourceAttributes{Namespace: ns, Verb: "get", Resource: "secrets"}, false},
+		{authorizationv1.ResourceAttributes{Namespace: ns, Verb: "create", Resource: "pods"}, false},
+		{authorizationv1.ResourceAttributes{Namespace: ns, Verb: "update", Group: "kubevirt.io", Resource: "virtualmachineinstances"}, false},
+	}
+	for _, tc := range cases {
+		review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns}, ResourceAttributes: &tc.attrs,
+		}}
+		require.NoError(t, admin.Create(t.Context(), review))
+		assert.Equal(t, tc.want, review.Status.Allowed, "%s %s/%s %s in %s", tc.attrs.Verb, tc.attrs.Resource, tc.attrs.Subresource, tc.attrs.Name, tc.attrs.Namespace)
+	}
+}
+
+func TestKustomizeInstallAppliesToAnAPIServer(t *testing.T) {
+	root := filepath.Join("..", "..", "..")
+	out, err := exec.Command("kubectl", "kustomize", filepath.Join(root, "deploy", "default")).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "namespace: hyperdhcp-system")
+	assert.Contains(t, string(out), "--leader-elect")
+
+	out2, err := kubectl("apply", "--dry-run=server", "-k", filepath.Join(root, "deploy", "default"))
+	require.NoError(t, err, out2)
+	assert.Contains(t, out2, "deployment.apps/hyperdhcp-operator created (server dry run)")
+	assert.Contains(t, out2, "clusterrole.rbac.authorization.k8s.io/hyperdhcp-vm-reader")
+}
