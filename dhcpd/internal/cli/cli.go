@@ -38,6 +38,7 @@ const (
 	flagLogLevel       = "log-level"
 	flagLogFormat      = "log-format"
 	flagOutput         = "output"
+	flagKubeconfig     = "kubeconfig"
 )
 
 func envVar(flag string) []string {
@@ -56,6 +57,7 @@ var overrideFlags = []cli.Flag{
 	&cli.StringFlag{Name: flagLeaseDatabase, EnvVars: envVar(flagLeaseDatabase), Usage: "lease database file (default: " + config.DefaultLeaseDatabase + ")"},
 	&cli.StringFlag{Name: flagMetricsAddress, EnvVars: envVar(flagMetricsAddress), Usage: "address for /metrics, /healthz, /readyz; 0 turns them off (default: " + config.DefaultMetricsAddress + ")"},
 	&cli.StringFlag{Name: flagLogLevel, EnvVars: envVar(flagLogLevel), Usage: "debug, info, warn or error (default: info)"},
+	&cli.StringFlag{Name: flagKubeconfig, EnvVars: envVar(flagKubeconfig), Usage: "kubeconfig for local runs (default: the in-cluster service account); only used when the config has a kubernetes section"},
 }
 
 var logFormatFlag = &cli.StringFlag{Name: flagLogFormat, EnvVars: envVar(flagLogFormat), Value: "text", Usage: "text or json"}
@@ -148,6 +150,9 @@ func loadConfig(c *cli.Context) (*config.Config, error) {
 	}
 	if c.IsSet(flagLogLevel) {
 		cfg.LogLevel = c.String(flagLogLevel)
+	}
+	if c.IsSet(flagKubeconfig) && cfg.Kubernetes != nil {
+		cfg.Kubernetes.Kubeconfig = c.String(flagKubeconfig)
 	}
 	cfg.SetDefaults()
 	return cfg, nil

@@ -24,6 +24,7 @@ import (
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/server"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/status"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
 )
 
@@ -118,12 +119,32 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 	}()
 
+	if k := cfg.Kubernetes; k != nil {
+		startStatusReporter(ctx, k, db.Stats, log)
+	}
+
 	log.Info("serving DHCP", "interface", cfg.Interface, "port", cfg.Port, "server", cfg.Server.ServerIP, "metrics", cfg.MetricsAddress)
 	ready.Store(true)
 	err = server.New(conn, chain, metrics, log).Serve(ctx)
 	ready.Store(false)
 	log.Info("stopped serving DHCP")
 	return err
+}
+
+// startStatusReporter keeps the Server's status.pool current. Without an
+// API server hyperdhcpd still serves DHCP: problems are logged, not fatal.
+func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func() leasedb.Stats, log *slog.Logger) {
+	restConfig, err := status.RESTConfig(k.Kubeconfig)
+	if err != nil {
+		log.Error("not reporting pool usage to Kubernetes", "error", err)
+		return
+	}
+	reporter, err := status.NewReporter(restConfig, k.ServerNamespace, k.ServerName, k.StatusInterval.Duration, stats, log)
+	if err != nil {
+		log.Error("not reporting pool usage to Kubernetes", "error", err)
+		return
+	}
+	go reporter.Run(ctx)
 }
 
 // LeaseOptions turns a Server spec into leasedb options.

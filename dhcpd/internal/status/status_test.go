@@ -1,0 +1,116 @@
+package status
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
+)
+
+var cfg *rest.Config
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		fmt.Fprintln(os.Stderr, "KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(make -s envtest)")
+		return 1
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "..", "deploy", "crd")},
+		ErrorIfCRDPathMissing: true,
+	}
+	// kube-apiserver derives its advertise address from the default route;
+	// name it so the tests also run on a machine without one.
+	env.ControlPlane.GetAPIServer().Configure().
+		Set("advertise-address", "127.0.0.1").
+		Set("endpoint-reconciler-type", "none")
+	var err error
+	if cfg, err = env.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "start envtest: %v\n", err)
+		return 1
+	}
+	defer env.Stop()
+	return m.Run()
+}
+
+func createServer(t *testing.T) (dynamic.ResourceInterface, *unstructured.Unstructured) {
+	t.Helper()
+	client, err := dynamic.NewForConfig(cfg)
+	require.NoError(t, err)
+	server := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "hyperdhcp.io/v1beta1", "kind": "Server",
+		"metadata": map[string]any{"generateName": "lab-", "namespace": "default"},
+		"spec": map[string]any{
+			"networkAttachment": map[string]any{"name": "lab"},
+			"serverIP":          "192.168.50.2/24",
+			"pools":             []any{map[string]any{"start": "192.168.50.100", "end": "192.168.50.199"}},
+		},
+	}}
+	servers := client.Resource(servers).Namespace("default")
+	server, err = servers.Create(t.Context(), server, metav1.CreateOptions{})
+	require.NoError(t, err)
+	// The operator's conditions, which hyperdhcpd must leave alone.
+	server.Object["status"] = map[string]any{"observedGeneration": int64(1), "conditions": []any{map[string]any{
+		"type": "Ready", "status": "True", "reason": "Available", "message": "ok", "lastTransitionTime": "2026-01-01T00:00:00Z",
+	}}}
+	server, err = servers.UpdateStatus(t.Context(), server, metav1.UpdateOptions{FieldManager: "hyperdhcp-operator"})
+	require.NoError(t, err)
+	return servers, server
+}
+
+func pool(t *testing.T, servers dynamic.ResourceInterface, name string) map[string]any {
+	t.Helper()
+	got, err := servers.Get(context.Background(), name, metav1.GetOptions{})
+	require.NoError(t, err)
+	p, _, _ := unstructured.NestedMap(got.Object, "status", "pool")
+	return p
+}
+
+func TestPatchWritesOnlyThePool(t *testing.T) {
+	servers, server := createServer(t)
+	reporter, err := NewReporter(cfg, "default", server.GetName(), time.Second, nil, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	require.NoError(t, reporter.Patch(t.Context(), leasedb.Stats{Size: 100, Used: 7, Free: 93}))
+
+	got, err := servers.Get(t.Context(), server.GetName(), metav1.GetOptions{})
+	require.NoError(t, err)
+	p, _, _ := unstructured.NestedMap(got.Object, "status", "pool")
+	assert.Equal(t, map[string]any{"size": int64(100), "used": int64(7), "free": int64(93)}, p)
+	conditions, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
+	assert.Len(t, conditions, 1, "the operator's conditions are untouched")
+	var managers []string
+	for _, f := range got.GetManagedFields() {
+		managers = append(managers, f.Manager)
+	}
+	assert.Contains(t, managers, FieldManager)
+}
+
+func TestRunReportsChanges(t *testing.T) {
+	servers, server := createServer(t)
+	var used atomic.Int64
+	stats := func() leasedb.Stats { u := used.Load(); return leasedb.Stats{Size: 10, Used: u, Free: 10 - u} }
+	reporter, err := NewReporter(cfg, "default", server.GetName(), 100*time.Millisecond, stats, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	go reporter.Run(t.Context())
+
+	require.Eventually(t, func() bool { return pool(t, servers, server.GetName())["used"] == int64(0) }, 10*time.Second, 50*time.Millisecond)
+	used.Store(3)
+	require.Eventually(t, func() bool { return pool(t, servers, server.GetName())["used"] == int64(3) }, 10*time.Second, 50*time.Millisecond)
+}
