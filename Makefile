@@ -10,6 +10,22 @@ TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hyperdhcp/tools
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 CONTROLLER_GEN ?= $(TOOLS_CACHE)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+# Images: the operator's, and the hyperdhcpd image it deploys by default.
+IMG ?= ghcr.io/hyperdhcp/hyperdhcp-operator:$(VERSION)
+HYPERDHCPD_IMG ?= ghcr.io/hyperdhcp/hyperdhcpd:$(VERSION)
+KUBECTL ?= kubectl
+# Extra kubectl flags for install/deploy, e.g. DEPLOY_FLAGS=--dry-run=server
+DEPLOY_FLAGS ?=
+
+DHCPD_VERSION_PKG := github.com/hyperdhcp/hyperdhcp/dhcpd/internal/version
+OPERATOR_VERSION_PKG := github.com/hyperdhcp/hyperdhcp/operator/internal/version
+DHCPD_LDFLAGS := -s -w -X $(DHCPD_VERSION_PKG).Version=$(VERSION) -X $(DHCPD_VERSION_PKG).Commit=$(COMMIT) -X $(DHCPD_VERSION_PKG).Date=$(DATE)
+OPERATOR_LDFLAGS := -s -w -X $(OPERATOR_VERSION_PKG).Version=$(VERSION) -X $(OPERATOR_VERSION_PKG).Commit=$(COMMIT) \
+	-X $(OPERATOR_VERSION_PKG).Date=$(DATE) -X $(OPERATOR_VERSION_PKG).HyperdhcpdImage=$(HYPERDHCPD_IMG)
+
 # Every module of the workspace, for targets that run per module.
 MODULES := apis apis/test operator dhcpd
 GO_DIRS := apis operator dhcpd hack
@@ -66,8 +82,10 @@ fuzz: ## Fuzz hyperdhcpd's packet handling (FUZZTIME=5m).
 	cd dhcpd && go test -run '^$$' -fuzz '^FuzzHandle$$' -fuzztime $(FUZZTIME) ./internal/server
 
 .PHONY: bench
-bench: ## perfdhcp rate sweep against hyperdhcpd in a netns test bed (root; RATES=, DURATION=).
+bench: ## perfdhcp sweep against hyperdhcpd (root; RATES=, DURATION=) and the Go benchmarks.
 	hack/bench/dhcp.sh
+	cd dhcpd && go test -run '^$$' -bench . -benchmem ./internal/server
+	cd operator && KUBEBUILDER_ASSETS="$$($(CURDIR)/hack/envtest.sh)" go test -run '^$$' -bench . -benchtime 1x ./internal/controller
 
 .PHONY: test-module
 test-module: ## Run one module's tests: make test-module MODULE=apis/test
@@ -80,9 +98,31 @@ demo: ## The whole product end to end on one machine (not built yet).
 ##@ Build
 
 .PHONY: build
-build: ## Build bin/hyperdhcpd (and compile every module).
-	go build work
-	go build -o $(LOCALBIN)/hyperdhcpd ./dhcpd/cmd/hyperdhcpd
+build: ## Build bin/hyperdhcpd and bin/hyperdhcp-operator, version-stamped.
+	go build -trimpath -ldflags '$(DHCPD_LDFLAGS)' -o $(LOCALBIN)/hyperdhcpd ./dhcpd/cmd/hyperdhcpd
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(OPERATOR_LDFLAGS)' -o $(LOCALBIN)/hyperdhcp-operator ./operator/cmd/hyperdhcp-operator
+
+##@ Deployment (against the current kubeconfig)
+
+.PHONY: install
+install: ## Install the CRDs.
+	$(KUBECTL) apply --server-side $(DEPLOY_FLAGS) -k deploy/crd
+
+.PHONY: uninstall
+uninstall: ## Remove the CRDs (and with them every Server).
+	$(KUBECTL) delete --ignore-not-found $(DEPLOY_FLAGS) -k deploy/crd
+
+.PHONY: deploy
+deploy: ## Install CRDs, RBAC and the operator (IMG=operator image, HYPERDHCPD_IMG=hyperdhcpd image).
+	IMG=$(IMG) HYPERDHCPD_IMG=$(HYPERDHCPD_IMG) hack/deploy.sh apply --server-side $(DEPLOY_FLAGS)
+
+.PHONY: undeploy
+undeploy: ## Remove what deploy installed.
+	IMG=$(IMG) HYPERDHCPD_IMG=$(HYPERDHCPD_IMG) hack/deploy.sh delete --ignore-not-found $(DEPLOY_FLAGS)
+
+.PHONY: run
+run: ## Run the operator from source against the current cluster.
+	go run ./operator/cmd/hyperdhcp-operator --hyperdhcpd-image=$(HYPERDHCPD_IMG) --metrics-bind-address=0 --health-probe-bind-address=0 $(RUN_ARGS)
 
 ##@ Tools
 

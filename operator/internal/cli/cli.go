@@ -37,9 +37,13 @@ func App() *cli.App {
 			&cli.StringFlag{Name: "health-probe-bind-address", EnvVars: envVar("health-probe-bind-address"), Value: ":8081", Usage: "address of /healthz and /readyz"},
 			&cli.BoolFlag{Name: "leader-elect", EnvVars: envVar("leader-elect"), Usage: "elect a leader so that replicas never reconcile at once"},
 			&cli.StringFlag{Name: "leader-election-namespace", EnvVars: envVar("leader-election-namespace"), Usage: "namespace of the leader Lease (default: the pod's)"},
+			&cli.IntFlag{Name: "max-concurrent-reconciles", EnvVars: envVar("max-concurrent-reconciles"), Value: 4, Usage: "Servers reconciled in parallel"},
+			&cli.Float64Flag{Name: "kube-api-qps", EnvVars: envVar("kube-api-qps"), Value: 50, Usage: "sustained requests per second to the API server"},
+			&cli.IntFlag{Name: "kube-api-burst", EnvVars: envVar("kube-api-burst"), Value: 100, Usage: "request burst to the API server"},
 			&cli.StringFlag{Name: "log-level", EnvVars: envVar("log-level"), Value: "info", Usage: "debug, info, warn or error"},
 		},
-		Action: run,
+		HideHelpCommand: true,
+		Action:          run,
 	}
 }
 
@@ -58,6 +62,9 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// Each Server takes about ten writes to set up; client-go's default of
+	// 5 requests per second would make a large install take minutes.
+	restConfig.QPS, restConfig.Burst = float32(c.Float64("kube-api-qps")), c.Int("kube-api-burst")
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: c.String("metrics-bind-address")},
@@ -73,6 +80,8 @@ func run(c *cli.Context) error {
 		Client:   mgr.GetClient(),
 		Recorder: mgr.GetEventRecorder("hyperdhcp-operator"),
 		Image:    c.String("hyperdhcpd-image"),
+
+		MaxConcurrentReconciles: c.Int("max-concurrent-reconciles"),
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up controller: %w", err)

@@ -15,14 +15,17 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	operatorscheme "github.com/hyperdhcp/hyperdhcp/operator/internal/scheme"
 )
 
@@ -30,6 +33,7 @@ const (
 	operatorNamespace = "hyperdhcp-system"
 	operatorUser      = "system:serviceaccount:" + operatorNamespace + ":hyperdhcp-operator"
 	testImage         = "example.test/hyperdhcpd:test"
+	makeRunLabel      = "hyperdhcp.io/make-run"
 )
 
 var (
@@ -115,14 +119,28 @@ func run(m *testing.M) int {
 	// +kubebuilder:rbac marker makes these tests fail.
 	operatorCfg := rest.CopyConfig(adminCfg)
 	operatorCfg.Impersonate = rest.ImpersonationConfig{UserName: operatorUser}
+	operatorCfg.QPS, operatorCfg.Burst = 50, 100 // as the operator's defaults
 	if operator, err = client.New(operatorCfg, client.Options{Scheme: scheme}); err != nil {
 		return fail(err)
 	}
-	mgr, err := ctrl.NewManager(operatorCfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	// Servers labelled makeRunLabel are left to the operator TestMakeTargets
+	// starts with `make run`.
+	notMakeRun, err := labels.Parse("!" + makeRunLabel)
 	if err != nil {
 		return fail(err)
 	}
-	reconciler = &ServerReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("hyperdhcp-operator"), Image: testImage}
+	mgr, err := ctrl.NewManager(operatorCfg, ctrl.Options{
+		Scheme:  scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&hyperdhcpv1beta1.Server{}: {Label: notMakeRun},
+		}},
+	})
+	if err != nil {
+		return fail(err)
+	}
+	reconciler = &ServerReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("hyperdhcp-operator"), Image: testImage,
+		MaxConcurrentReconciles: 4}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fail(err)
 	}
