@@ -352,3 +352,21 @@ func TestKustomizeInstallAppliesToAnAPIServer(t *testing.T) {
 	assert.Contains(t, out2, "deployment.apps/hyperdhcp-operator created (server dry run)")
 	assert.Contains(t, out2, "clusterrole.rbac.authorization.k8s.io/hyperdhcp-vm-reader")
 }
+
+// TestOperatorLeavesThePoolAlone: status.pool belongs to hyperdhcpd; the
+// operator's status writes never remove or change it.
+func TestOperatorLeavesThePoolAlone(t *testing.T) {
+	ns := newNamespace(t)
+	server := newServer(t, ns, "lab", nil)
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool { return len(server.Status.Conditions) == 3 }, "settled")
+
+	pool := &hyperdhcpv1beta1.PoolStatus{Size: 100, Used: 42, Free: 58}
+	patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"pool":{"size":100,"used":42,"free":58}}}`))
+	require.NoError(t, admin.Status().Patch(t.Context(), server, patch, client.FieldOwner("hyperdhcpd")))
+
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.Router = "192.168.50.1" })
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		return server.Status.ObservedGeneration == server.Generation
+	}, "the operator reconciled the edit")
+	assert.Equal(t, pool, server.Status.Pool)
+}
