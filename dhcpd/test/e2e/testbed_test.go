@@ -300,7 +300,9 @@ func (b *testBed) addClient(mac string) *client {
 const hookScript = `#!/bin/sh
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 event="${reason:-$1}"
-env > "%s/$(date +%%s%%N)-$event"
+# Write, then rename: the test must never read a half-written event.
+env > "%s/.partial.$$"
+mv "%s/.partial.$$" "%s/$(date +%%s%%N)-$event"
 case "$event" in
 bound|renew)
 	ip addr flush dev "$interface"
@@ -326,7 +328,7 @@ func (c *client) hook(apply bool) string {
 	}
 	path := filepath.Join(c.dir, "hook-"+mode+".sh")
 	events := filepath.Join(c.dir, "events")
-	require.NoError(c.bed.t, os.WriteFile(path, []byte(fmt.Sprintf(hookScript, events, mode, mode)), 0o755))
+	require.NoError(c.bed.t, os.WriteFile(path, []byte(fmt.Sprintf(hookScript, events, events, events, mode, mode)), 0o755))
 	return path
 }
 
@@ -384,6 +386,9 @@ func (c *client) events() []event {
 	require.NoError(c.bed.t, err)
 	var out []event
 	for _, e := range entries { // ReadDir sorts by name: by time
+		if strings.HasPrefix(e.Name(), ".") {
+			continue // still being written
+		}
 		data, err := os.ReadFile(filepath.Join(c.dir, "events", e.Name()))
 		require.NoError(c.bed.t, err)
 		env := map[string]string{}
