@@ -20,6 +20,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/coredhcp/coredhcp/logger"
+	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
@@ -194,10 +196,18 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("invalid log level %q: %w", level, err)
 	}
 	opts := &slog.HandlerOptions{Level: l}
+	// CoreDHCP's stock plugins log through a global logrus logger: give it
+	// our level and format so the output stays one stream of one shape.
+	coredhcp := logger.GetLogger("hyperdhcpd").Logger
+	coredhcp.SetOutput(w)
+	if level, err := logrus.ParseLevel(level); err == nil {
+		coredhcp.SetLevel(level)
+	}
 	switch format {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
+		coredhcp.SetFormatter(&logrus.JSONFormatter{})
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("invalid log format %q: want text or json", format)

@@ -16,10 +16,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coredhcp/coredhcp/logger"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/sirupsen/logrus"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
@@ -82,11 +80,6 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer db.Close()
 	log.Info("leases loaded", "took", time.Since(loadStart), "pool", db.Stats())
 
-	// CoreDHCP's stock plugins log through a global logrus logger at info;
-	// keep them at our level so startup does not drown our own lines.
-	if level, err := logrus.ParseLevel(cfg.LogLevel); err == nil {
-		logger.GetLogger("hyperdhcpd").Logger.SetLevel(level)
-	}
 	chain, err := server.BuildChain(&cfg.Server, db.Handler4)
 	if err != nil {
 		return err

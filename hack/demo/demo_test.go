@@ -1,0 +1,24 @@
+package main
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestDemo runs `make demo`'s program and checks what it printed: each VM
+// got its expected address and host name, and the Server reports both.
+func TestDemo(t *testing.T) {
+	var out bytes.Buffer
+	err := run(t.Context(), options{out: &out})
+	t.Logf("demo output:\n%s", out.String())
+	require.NoError(t, err)
+	printed := out.String()
+	assert.Regexp(t, `vm-1 02:00:5e:00:00:01: 192\.168\.50\.150 \(reserved\) hostname=vm-1 router=192\.168\.50\.1 dns=192\.168\.50\.53 domain=demo\.internal lease=3600s`, printed)
+	assert.Regexp(t, `vm-2 02:00:5e:00:00:02: 192\.168\.50\.1\d\d \(from the pool\) hostname=- router=192\.168\.50\.1 `, printed)
+	assert.Regexp(t, `lab\s+lab-bridge\s+192\.168\.50\.2/24\s+2\s+98\s+True`, printed, "kubectl get servers: used=2, Ready")
+	assert.Regexp(t, `192\.168\.50\.150\s+02:00:5e:00:00:01\s+vm-1\s+bound`, printed, "hyperdhcpd leases list")
+	assert.Contains(t, printed, "cleaning up")
+}
