@@ -70,10 +70,12 @@ envtest: ## Build the envtest control plane (once per machine) and print its dir
 	@hack/envtest.sh
 
 .PHONY: test
-test: verify-generated lint ## Everything CI checks (as root): generated files, lint, unit, envtest and netns e2e tests, a short fuzz.
+test: verify-generated lint verify-static bench-smoke ## Everything CI checks (as root): generated files, lint, static binaries, bench smoke, unit, envtest, netns e2e and demo tests, a short fuzz.
 	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test $(GO_TEST_FLAGS) work
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST)
-	$(MAKE) --no-print-directory verify-static
+
+.PHONY: bench-smoke
+bench-smoke: ## One short, low-rate run of the bench script, so it cannot rot.
 	RATES=200 DURATION=2 CLIENTS=200 OUT=$(LOCALBIN)/bench/smoke.txt hack/bench/dhcp.sh
 
 FUZZTIME ?= 5m
