@@ -111,11 +111,13 @@ build: ## Build static bin/hyperdhcpd (cgo, SQLite) and bin/hyperdhcp-operator, 
 verify-static: build ## Check that both binaries run in an empty root, as on a scratch image.
 	hack/verify-static.sh $(LOCALBIN)/hyperdhcpd $(LOCALBIN)/hyperdhcp-operator
 
+RELEASE_DIR ?= $(LOCALBIN)/release
+
 .PHONY: release-manifests
-release-manifests: ## Render deploy/default with the release images into dist/install.yaml.
-	mkdir -p dist
-	IMG=$(IMG) HYPERDHCPD_IMG=$(HYPERDHCPD_IMG) hack/deploy.sh render > dist/install.yaml
-	@echo "dist/install.yaml: kubectl apply --server-side -f install.yaml"
+release-manifests: ## Render deploy/default with the release images into bin/release/install.yaml.
+	mkdir -p $(RELEASE_DIR)
+	IMG=$(IMG) HYPERDHCPD_IMG=$(HYPERDHCPD_IMG) hack/deploy.sh render > $(RELEASE_DIR)/install.yaml
+	@echo "$(RELEASE_DIR)/install.yaml: kubectl apply --server-side -f install.yaml"
 
 ##@ Deployment (against the current kubeconfig)
 
