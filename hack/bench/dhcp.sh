@@ -95,12 +95,11 @@ for rate in $RATES; do
 	awk '/Timestamps for packets: DISCOVER-OFFER/ { s = "do" } /Timestamps for packets: REQUEST-ACK/ { s = "ra" }
 		/^sent \/ received:/ && s { print ($6 - $4) * 1000 > (dir "/" s ".ms") }' dir="$work" "$work/perfdhcp.out"
 	touch "$work/do.ms" "$work/ra.ms"
-	read -r achieved lost < <(awk '
+	read -r achieved lost exchanges < <(awk '
 		/^Rate:/ { achieved = $2 }
 		/Statistics for: DISCOVER-OFFER/ { s = "do" } /Statistics for: REQUEST-ACK/ { s = "ra" }
 		/^sent packets:/ { sent[s] = $3 } /^received packets:/ { recv[s] = $3 }
-		END { lost = sent["do"] ? 100 * (1 - recv["ra"] / sent["do"]) : 100; printf "%.1f %.2f\n", achieved, lost }' "$work/perfdhcp.out")
-	exchanges=$(wc -l <"$work/ra.ms")
+		END { lost = sent["do"] ? 100 * (1 - recv["ra"] / sent["do"]) : 100; printf "%.1f %.2f %d\n", achieved, lost, recv["ra"] }' "$work/perfdhcp.out")
 	cpu_us=$(awk -v t=$(((after - before) * tick_ms)) -v n="$exchanges" 'BEGIN { if (n > 0) printf "%.0f", t * 1000 / n; else print "-" }')
 	printf '%-8s %-10s %-8s %-9s %-9s %-9s %-9s %-10s\n' "$rate" "$achieved" "$lost" \
 		"$(percentile "$work/do.ms" 50)" "$(percentile "$work/do.ms" 99)" \
