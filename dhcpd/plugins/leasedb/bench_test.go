@@ -1,0 +1,66 @@
+package leasedb
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// BenchmarkRestart65000Leases measures a restart with a full /16: loading
+// 65,000 bound leases from SQLite into memory and the bitmap, and the heap
+// that state occupies afterwards.
+func BenchmarkRestart65000Leases(b *testing.B) {
+	const leases = 65000
+	path := filepath.Join(b.TempDir(), "leases.db")
+	store, err := OpenSQLite(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	first := netip.MustParseAddr("10.77.1.0")
+	expires := time.Now().Add(time.Hour)
+	var changes []Change
+	for i, a := 0, first; i < leases; i, a = i+1, a.Next() {
+		mac := net.HardwareAddr{0x02, 0, byte(i >> 16), byte(i >> 8), byte(i), 1}
+		changes = append(changes, Change{Lease: Lease{IP: a, ClientID: "hw:" + mac.String(), MAC: mac, State: StateBound, Expires: expires}})
+	}
+	if err := store.Apply(context.Background(), changes); err != nil {
+		b.Fatal(err)
+	}
+	store.Close()
+	opts := Options{
+		Server: netip.MustParsePrefix("10.77.0.2/16"),
+		Pools:  []Range{{First: first, Last: netip.MustParseAddr("10.77.255.254")}},
+	}
+
+	var heap uint64
+	for b.Loop() {
+		runtime.GC()
+		var before runtime.MemStats
+		runtime.ReadMemStats(&before)
+		s, err := OpenSQLite(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		o := opts
+		o.Store = s
+		db, err := New(context.Background(), o)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if got := db.Stats().Used; got != leases {
+			b.Fatalf("restored %d leases, want %d", got, leases)
+		}
+		runtime.GC()
+		var after runtime.MemStats
+		runtime.ReadMemStats(&after)
+		heap = after.HeapAlloc - before.HeapAlloc
+		db.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(heap)/(1<<20), "MiB-heap")
+}
