@@ -357,7 +357,7 @@ func (db *LeaseDB) offer(client string, mac net.HardwareAddr, requested netip.Ad
 		if holder := db.byIP[r.IP]; holder != nil && holder.ClientID != client && holder.held() && holder.Expires.After(now) {
 			return nil, DropReservedInUse
 		}
-		return db.hold(client, mac, r.IP, r.Hostname, StateOffered, now.Add(db.offerHold), now), ""
+		return db.hold(client, mac, r.IP, r.Hostname, StateOffered, now.Add(db.offerHold)), ""
 	}
 	if l := db.byClient[client]; l != nil {
 		switch {
@@ -370,11 +370,11 @@ func (db *LeaseDB) offer(client string, mac net.HardwareAddr, requested netip.Ad
 			}
 		case l.State == StateFree && db.byIP[l.IP] == l && db.dynamic(l.IP) && db.poolFor(l.IP).take(l.IP):
 			// A returning client gets its previous address while it is free.
-			return db.hold(client, mac, l.IP, "", StateOffered, now.Add(db.offerHold), now), ""
+			return db.hold(client, mac, l.IP, "", StateOffered, now.Add(db.offerHold)), ""
 		}
 	}
 	if requested.IsValid() && db.dynamic(requested) && db.claimable(requested, client, now) && db.poolFor(requested).take(requested) {
-		return db.hold(client, mac, requested, "", StateOffered, now.Add(db.offerHold), now), ""
+		return db.hold(client, mac, requested, "", StateOffered, now.Add(db.offerHold)), ""
 	}
 	a, ok := db.takeAny()
 	if !ok {
@@ -383,7 +383,7 @@ func (db *LeaseDB) offer(client string, mac net.HardwareAddr, requested netip.Ad
 			return nil, DropPoolExhausted
 		}
 	}
-	return db.hold(client, mac, a, "", StateOffered, now.Add(db.offerHold), now), ""
+	return db.hold(client, mac, a, "", StateOffered, now.Add(db.offerHold)), ""
 }
 
 // dynamic reports whether a is leasable from the pools.
@@ -416,7 +416,7 @@ func (db *LeaseDB) takeAny() (netip.Addr, bool) {
 
 // hold records a lease for client on a (whose pool bit is already taken, or
 // which is reserved) and forgets the client's previous address.
-func (db *LeaseDB) hold(client string, mac net.HardwareAddr, a netip.Addr, hostname string, state State, expires, now time.Time) *Lease {
+func (db *LeaseDB) hold(client string, mac net.HardwareAddr, a netip.Addr, hostname string, state State, expires time.Time) *Lease {
 	if prev := db.byClient[client]; prev != nil && prev.IP != a {
 		db.forget(prev)
 	}
@@ -569,13 +569,13 @@ func (db *LeaseDB) bind(client string, mac net.HardwareAddr, target netip.Addr, 
 		if r.IP != target || !db.claimable(target, client, now) {
 			return nil, false
 		}
-		return db.hold(client, mac, target, r.Hostname, StateBound, expires, now), true
+		return db.hold(client, mac, target, r.Hostname, StateBound, expires), true
 	}
 	if !db.dynamic(target) {
 		return nil, false // outside the pools, excluded, or someone's reservation
 	}
 	if l := db.byIP[target]; l != nil && l.ClientID == client && (l.State == StateOffered || l.State == StateBound) {
-		return db.hold(client, mac, target, "", StateBound, expires, now), true
+		return db.hold(client, mac, target, "", StateBound, expires), true
 	}
 	// The client is not known to hold target (a reboot, a restart of ours
 	// that lost an offer, or a lease from before): as the authority for this
@@ -583,7 +583,7 @@ func (db *LeaseDB) bind(client string, mac net.HardwareAddr, target netip.Addr, 
 	if !db.claimable(target, client, now) || !db.poolFor(target).take(target) {
 		return nil, false
 	}
-	return db.hold(client, mac, target, "", StateBound, expires, now), true
+	return db.hold(client, mac, target, "", StateBound, expires), true
 }
 
 // commitOrDrop writes changes that no reply waits for, logging a failure.
@@ -718,15 +718,4 @@ func (db *LeaseDB) Stats() Stats {
 	}
 	s.Free = s.Size - s.Used
 	return s
-}
-
-// Leases returns a copy of every lease record, for listing.
-func (db *LeaseDB) Leases() []Lease {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	out := make([]Lease, 0, len(db.byIP))
-	for _, l := range db.byIP {
-		out = append(out, *l)
-	}
-	return out
 }
