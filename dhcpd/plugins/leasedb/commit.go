@@ -11,6 +11,12 @@ import (
 // the batch for long.
 const maxBatch = 512
 
+// gatherWindow is how long a commit waits for more leases to share its
+// fsync. Measured with make bench on 2 cores: CPU per exchange falls by
+// about 30% at 1,000/s (400 -> 290 µs) and 4% at 3,000/s, for about 0.4-0.8
+// ms more on the ACK, which no DHCP client notices.
+const gatherWindow = 300 * time.Microsecond
+
 var errCommitterClosed = errors.New("lease database is closing")
 
 // committer implements group commit: handlers queue their changes and wait;
@@ -74,6 +80,7 @@ func (c *committer) run() {
 	var changes []Change
 	for first := range c.queue {
 		batch = append(batch[:0], first)
+		window := time.NewTimer(gatherWindow)
 	gather:
 		for len(batch) < maxBatch {
 			select {
@@ -82,10 +89,11 @@ func (c *committer) run() {
 					break gather
 				}
 				batch = append(batch, req)
-			default:
+			case <-window.C:
 				break gather
 			}
 		}
+		window.Stop()
 		changes = changes[:0]
 		for _, req := range batch {
 			changes = append(changes, req.changes...)
