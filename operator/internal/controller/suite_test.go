@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/go-logr/logr"
@@ -65,7 +66,10 @@ func run(m *testing.M) int {
 	if os.Getenv("TEST_LOG_LEVEL") == "" {
 		level = slog.LevelError
 	}
-	ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	// Once the tests are done, shutting the manager down only produces noise
+	// (events that can no longer be written): the logger goes quiet then.
+	ctrl.SetLogger(logr.FromSlogHandler(quietable{slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})}))
+	defer quiet.Store(true)
 
 	var err error
 	if scheme, err = operatorscheme.New(); err != nil {
@@ -151,6 +155,17 @@ func run(m *testing.M) int {
 	}()
 	return m.Run()
 }
+
+var quiet atomic.Bool
+
+// quietable is a log handler that can be silenced.
+type quietable struct{ slog.Handler }
+
+func (q quietable) Enabled(ctx context.Context, l slog.Level) bool {
+	return !quiet.Load() && q.Handler.Enabled(ctx, l)
+}
+func (q quietable) WithAttrs(a []slog.Attr) slog.Handler { return quietable{q.Handler.WithAttrs(a)} }
+func (q quietable) WithGroup(g string) slog.Handler      { return quietable{q.Handler.WithGroup(g)} }
 
 // applyOperatorRBAC installs deploy/rbac as `kubectl apply -k deploy/default`
 // would: its "system" namespace becomes hyperdhcp-system.
