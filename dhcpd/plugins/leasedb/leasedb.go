@@ -59,7 +59,10 @@ type Options struct {
 	OfferHold time.Duration
 	// DeclineProbation is how long a declined address is quarantined.
 	DeclineProbation time.Duration
-	Store            Store
+	// CommitWindow is how long a commit waits for more leases to share its
+	// fsync: 0 means DefaultCommitWindow, a negative value no wait.
+	CommitWindow time.Duration
+	Store        Store
 	// Now is the clock; nil means time.Now. Tests inject their own.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -184,7 +187,11 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 	if err := db.restore(stored); err != nil {
 		return nil, fmt.Errorf("leasedb: %w", err)
 	}
-	db.committer = newCommitter(db.store, db.observer.Committed)
+	window := opts.CommitWindow
+	if window == 0 {
+		window = DefaultCommitWindow
+	}
+	db.committer = newCommitter(db.store, window, db.observer.Committed)
 	return db, nil
 }
 
