@@ -14,6 +14,7 @@ import (
 
 	"github.com/coredhcp/coredhcp/handler"
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"golang.org/x/net/ipv4"
 )
 
 const (
@@ -24,6 +25,7 @@ const (
 	// (and counted) instead of queued without end.
 	queueLength = 4096
 	maxPacket   = 1500
+	readBatch   = 32
 )
 
 // Server answers DHCPv4 packets from conn with a plugin chain.
@@ -67,27 +69,50 @@ func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = s.conn.SetReadDeadline(time.Now()) })
 	defer stop()
 
-	var err error
-	for {
-		buf := s.buffers.Get().(*[maxPacket]byte)
-		n, _, readErr := s.conn.ReadFrom(buf[:])
-		if readErr != nil {
-			s.buffers.Put(buf)
-			if ctx.Err() == nil {
-				err = fmt.Errorf("read DHCP packet: %w", readErr)
-			}
-			break
-		}
-		select {
-		case queue <- packet{buf: buf, n: n, received: time.Now()}:
-		default:
-			s.buffers.Put(buf)
-			s.metrics.Dropped(DropQueueFull)
-		}
-	}
+	err := s.receive(ctx, queue)
 	close(queue)
 	wg.Wait()
 	return err
+}
+
+// receive reads packets into queue until the connection fails or ctx ends.
+// It takes up to readBatch packets per system call (recvmmsg), which under
+// load saves most of the receive syscalls.
+func (s *Server) receive(ctx context.Context, queue chan<- packet) error {
+	conn := ipv4.NewPacketConn(s.conn)
+	msgs := make([]ipv4.Message, readBatch)
+	bufs := make([]*[maxPacket]byte, readBatch)
+	defer func() {
+		for _, b := range bufs {
+			if b != nil {
+				s.buffers.Put(b)
+			}
+		}
+	}()
+	for {
+		for i := range msgs {
+			if bufs[i] == nil {
+				bufs[i] = s.buffers.Get().(*[maxPacket]byte)
+				msgs[i].Buffers = [][]byte{bufs[i][:]}
+			}
+		}
+		n, err := conn.ReadBatch(msgs, 0)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read DHCP packets: %w", err)
+		}
+		received := time.Now()
+		for i := range n {
+			select {
+			case queue <- packet{buf: bufs[i], n: msgs[i].N, received: received}:
+				bufs[i] = nil // the worker returns it to the pool
+			default:
+				s.metrics.Dropped(DropQueueFull)
+			}
+		}
+	}
 }
 
 func (s *Server) answer(p packet) {
