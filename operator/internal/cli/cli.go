@@ -9,12 +9,16 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/urfave/cli/v2"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	"github.com/hyperdhcp/hyperdhcp/operator/internal/controller"
 	"github.com/hyperdhcp/hyperdhcp/operator/internal/scheme"
 	"github.com/hyperdhcp/hyperdhcp/operator/internal/version"
@@ -40,6 +44,7 @@ func App() *cli.App {
 			&cli.IntFlag{Name: "max-concurrent-reconciles", EnvVars: envVar("max-concurrent-reconciles"), Value: 4, Usage: "Servers reconciled in parallel"},
 			&cli.Float64Flag{Name: "kube-api-qps", EnvVars: envVar("kube-api-qps"), Value: 50, Usage: "sustained requests per second to the API server"},
 			&cli.IntFlag{Name: "kube-api-burst", EnvVars: envVar("kube-api-burst"), Value: 100, Usage: "request burst to the API server"},
+			&cli.StringFlag{Name: "server-selector", EnvVars: envVar("server-selector"), Usage: "reconcile only Servers matching this label selector (default: all)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: envVar("log-level"), Value: "info", Usage: "debug, info, warn or error"},
 		},
 		HideHelpCommand: true,
@@ -65,8 +70,17 @@ func run(c *cli.Context) error {
 	// Each Server takes about ten writes to set up; client-go's default of
 	// 5 requests per second would make a large install take minutes.
 	restConfig.QPS, restConfig.Burst = float32(c.Float64("kube-api-qps")), c.Int("kube-api-burst")
+	var cacheOptions cache.Options
+	if sel := c.String("server-selector"); sel != "" {
+		selector, err := labels.Parse(sel)
+		if err != nil {
+			return fmt.Errorf("invalid --server-selector: %w", err)
+		}
+		cacheOptions.ByObject = map[client.Object]cache.ByObject{&hyperdhcpv1beta1.Server{}: {Label: selector}}
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  scheme,
+		Cache:                   cacheOptions,
 		Metrics:                 metricsserver.Options{BindAddress: c.String("metrics-bind-address")},
 		HealthProbeBindAddress:  c.String("health-probe-bind-address"),
 		LeaderElection:          c.Bool("leader-elect"),
