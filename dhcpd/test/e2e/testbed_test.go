@@ -275,7 +275,9 @@ func (b *testBed) addClient(mac string) *client {
 	sh(b.t, "ip", "netns", "add", c.ns)
 	b.t.Cleanup(func() {
 		for _, p := range c.procs {
-			_ = p.Process.Kill()
+			// Each client runs in its own process group: dhcpcd's privilege
+			// separation forks helpers that would outlive its main process.
+			_ = syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
 			_ = p.Wait()
 		}
 		_ = exec.Command("ip", "netns", "del", c.ns).Run()
@@ -369,6 +371,7 @@ func (c *client) start(argv ...string) *exec.Cmd {
 	logFile, err := os.Create(filepath.Join(c.dir, fmt.Sprintf("client-%d.log", len(c.procs))))
 	require.NoError(c.bed.t, err)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	require.NoError(c.bed.t, cmd.Start())
 	c.procs = append(c.procs, cmd)
 	return cmd
