@@ -175,7 +175,9 @@ func (s *Server) Handle(data []byte) (reply *dhcpv4.DHCPv4, dest *net.UDPAddr) {
 		s.metrics.Dropped(DropUnhandledType)
 		return nil, nil
 	}
-	s.log.Debug("packet", "type", msgType, "mac", req.ClientHWAddr.String(), "xid", req.TransactionID)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) { // spare the formatting on the hot path
+		s.log.Debug("packet", "type", msgType, "mac", req.ClientHWAddr.String(), "xid", req.TransactionID)
+	}
 
 	for _, h := range s.chain {
 		var stop bool
