@@ -292,3 +292,15 @@ func TestMalformedPacketsAreDroppedAndCounted(t *testing.T) {
 	assert.Equal(t, 50.0, b.metric(`hyperdhcpd_pool_addresses{state="size"}`))
 	assert.Equal(t, 1.0, b.metric(`hyperdhcpd_pool_addresses{state="used"}`))
 }
+
+// TestSecondServerCannotShareTheDatabase: SO_REUSEPORT would let a second
+// hyperdhcpd bind beside the first; the database lock stops it first.
+func TestSecondServerCannotShareTheDatabase(t *testing.T) {
+	b := newTestBed(t, nil)
+	b.startServer()
+	out, err := exec.Command("ip", "netns", "exec", b.serverNS, hyperdhcpd, "serve", "--config", b.config, "--metrics-address", "0").CombinedOutput()
+	require.Error(t, err, "a second server started: %s", out)
+	assert.Contains(t, string(out), "is in use by another hyperdhcpd")
+	got := (&udhcpc{c: b.addClient("02:00:5e:70:00:01")}).obtain()
+	inPool(t, got.IP)
+}
