@@ -28,7 +28,6 @@ import (
 )
 
 const (
-	steps      = 7
 	namespace  = "demo"
 	serverName = "lab"
 	waitLimit  = 2 * time.Minute
@@ -100,7 +99,7 @@ func run(ctx context.Context, opts options) (err error) {
 	}
 	for _, s := range stepsToRun {
 		d.step++
-		fmt.Fprintf(opts.out, "[%d/%d] %s\n", d.step, steps, s.title)
+		fmt.Fprintf(opts.out, "[%d/%d] %s\n", d.step, len(stepsToRun), s.title)
 		if err := s.run(ctx); err != nil {
 			return fmt.Errorf("%s: %w", s.title, err)
 		}

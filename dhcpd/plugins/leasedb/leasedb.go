@@ -538,7 +538,7 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 		return nil, true
 	}
 	if !db.server.Masked().Contains(target) {
-		return db.nak(req, "address is not on this network", target)
+		return db.nak(req, client, "address is not on this network", target)
 	}
 
 	db.mu.Lock()
@@ -553,7 +553,7 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 		if len(changes) > 0 {
 			db.commitOrDrop(changes)
 		}
-		return db.nak(req, "address is not this client's", target)
+		return db.nak(req, client, "address is not this client's", target)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
@@ -656,8 +656,8 @@ func (db *LeaseDB) decline(req *dhcpv4.DHCPv4) {
 	}
 }
 
-func (db *LeaseDB) nak(req *dhcpv4.DHCPv4, why string, target netip.Addr) (*dhcpv4.DHCPv4, bool) {
-	db.log.Debug("nak", "client", clientID(req), "requested", target, "reason", why)
+func (db *LeaseDB) nak(req *dhcpv4.DHCPv4, client, why string, target netip.Addr) (*dhcpv4.DHCPv4, bool) {
+	db.log.Debug("nak", "client", client, "requested", target, "reason", why)
 	// A NAK carries none of the options the chain may have added so far.
 	nak, err := dhcpv4.NewReplyFromRequest(req,
 		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),

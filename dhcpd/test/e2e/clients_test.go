@@ -50,30 +50,32 @@ func newDriver(kind string, c *client) driver {
 // udhcpc (busybox): SIGUSR1 renews, SIGUSR2 releases.
 type udhcpc struct {
 	c    *client
-	proc *udhcpcProc
+	proc *exec.Cmd
 	seen int
 }
 
-type udhcpcProc struct{ signal func(syscall.Signal) }
+func (d *udhcpc) signal(sig syscall.Signal) {
+	d.c.bed.t.Helper()
+	require.NoError(d.c.bed.t, d.proc.Process.Signal(sig))
+}
 
 func (d *udhcpc) obtain() lease {
 	if d.proc == nil {
-		cmd := d.c.start("busybox", "udhcpc", "-f", "-i", "eth0", "-s", d.c.hook(true), "-t", "20", "-T", "1", "-A", "1",
+		d.proc = d.c.start("busybox", "udhcpc", "-f", "-i", "eth0", "-s", d.c.hook(true), "-t", "20", "-T", "1", "-A", "1",
 			"-O", "ntpsrv")
-		d.proc = &udhcpcProc{signal: func(s syscall.Signal) { signal(d.c.bed.t, cmd, s) }}
 	} else {
-		d.proc.signal(syscall.SIGUSR1) // released: start over
+		d.signal(syscall.SIGUSR1) // released: start over
 	}
 	return d.wait("bound")
 }
 
 func (d *udhcpc) renew() lease {
-	d.proc.signal(syscall.SIGUSR1)
+	d.signal(syscall.SIGUSR1)
 	return d.wait("renew")
 }
 
 func (d *udhcpc) release() {
-	d.proc.signal(syscall.SIGUSR2)
+	d.signal(syscall.SIGUSR2)
 	_, d.seen = d.c.waitEvent(d.seen, clientTimeout, "deconfig")
 	d.seen++
 }

@@ -430,12 +430,6 @@ func (c *client) waitEvent(skip int, timeout time.Duration, names ...string) (ev
 	return event{}, 0
 }
 
-// signal sends sig to a background client.
-func signal(t *testing.T, cmd *exec.Cmd, sig syscall.Signal) {
-	t.Helper()
-	require.NoError(t, cmd.Process.Signal(sig))
-}
-
 func mustAddr(t *testing.T, s string) netip.Addr {
 	t.Helper()
 	a, err := netip.ParseAddr(s)

@@ -85,10 +85,11 @@ func Config(server *hyperdhcpv1beta1.Server) *config.Config {
 			ServerNamespace: server.Namespace,
 		},
 	}
-	// The pod-level settings are the operator's business, not hyperdhcpd's.
+	cfg.SetDefaults()
+	// The pod-level settings are the operator's business, not hyperdhcpd's;
+	// cleared after defaulting, which would bring storage back.
 	cfg.Server.Image, cfg.Server.Resources, cfg.Server.NodeSelector, cfg.Server.Tolerations = "", nil, nil, nil
 	cfg.Server.Storage = nil
-	cfg.SetDefaults()
 	return cfg
 }
 
