@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,8 +50,15 @@ func TestCRDRefusesInvalidServers(t *testing.T) {
 		name    string
 		mutate  func(*hyperdhcpv1beta1.ServerSpec)
 		raw     func(spec map[string]any) // for values the Go types cannot hold
+		server  string                    // the Server's name, if not generated
 		message string
 	}{
+		{
+			// The operator's child names and labels derive from it and must fit 63.
+			name:    "name too long for the names derived from it",
+			server:  strings.Repeat("n", hyperdhcpv1beta1.MaxServerNameLength+1),
+			message: "a Server's name must be at most 42 characters",
+		},
 		{
 			name:    "malformed server IP",
 			mutate:  func(s *hyperdhcpv1beta1.ServerSpec) { s.ServerIP = "192.168.50.300/24" },
@@ -262,7 +270,12 @@ func TestCRDRefusesInvalidServers(t *testing.T) {
 				// The same spec in a hyperdhcpd config file must be refused too.
 				assert.Error(t, hyperdhcpv1beta1.ValidateSpec(&spec, nil).ToAggregate(), "Validate() accepted it")
 			}
-			obj := toUnstructured(t, newServer(namespace, spec))
+			server := newServer(namespace, spec)
+			if tc.server != "" {
+				server.Name, server.GenerateName = tc.server, ""
+				assert.Error(t, server.Validate(), "Validate() accepted it")
+			}
+			obj := toUnstructured(t, server)
 			if tc.raw != nil {
 				tc.raw(obj.Object["spec"].(map[string]any))
 			}

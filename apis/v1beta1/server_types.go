@@ -45,6 +45,7 @@ type DNSName string
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=10
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 42",message="a Server's name must be at most 42 characters: the operator derives child names and labels from it"
 type Server struct {
 	metav1.TypeMeta `json:",inline"`
 	// metadata is the standard object metadata.
@@ -456,6 +457,9 @@ const (
 	ReasonRollingOut = "RollingOut"
 	// ReasonReconcileFailed: a child object could not be written.
 	ReasonReconcileFailed = "ReconcileFailed"
+	// ReasonNetworkAttachmentNotFound: the Multus NetworkAttachmentDefinition
+	// named in spec.networkAttachment does not exist, so the pod cannot start.
+	ReasonNetworkAttachmentNotFound = "NetworkAttachmentNotFound"
 )
 
 // ServerList is a list of Servers.

@@ -24,6 +24,12 @@ const (
 	maxBootFileLen  = 127
 )
 
+// MaxServerNameLength bounds a Server's name (the CRD's rule on
+// metadata.name says the same). The operator derives its children's names
+// from it, the longest being "hyperdhcpd-<name>-vm-reader" (21 characters
+// around the name), and puts the name in label values: both must fit 63.
+const MaxServerNameLength = 42
+
 // ReservedOptionCodes are DHCP option codes that a DHCPOption may not set:
 // hyperdhcpd derives them from dedicated fields or from the protocol itself,
 // or only clients and relays send them.
@@ -40,7 +46,12 @@ var (
 // that the operator and hyperdhcpd, which reads the same spec from a file,
 // apply exactly one definition of a valid Server.
 func (s *Server) Validate() error {
-	return ValidateSpec(&s.Spec, field.NewPath("spec")).ToAggregate()
+	var errs field.ErrorList
+	if len(s.Name) > MaxServerNameLength {
+		errs = append(errs, field.TooLong(field.NewPath("metadata", "name"), s.Name, MaxServerNameLength))
+	}
+	errs = append(errs, ValidateSpec(&s.Spec, field.NewPath("spec"))...)
+	return errs.ToAggregate()
 }
 
 // ValidateSpec returns every problem of spec, each with the path of the
