@@ -24,10 +24,13 @@ import (
 
 // Where things live in the hyperdhcpd pod, and the keys the operator uses.
 const (
-	ConfigKey            = "hyperdhcpd.yaml"
-	ConfigDir            = "/etc/hyperdhcp"
-	DataDir              = "/var/lib/hyperdhcp"
-	MetricsPort          = 8067
+	ConfigKey   = "hyperdhcpd.yaml"
+	ConfigDir   = "/etc/hyperdhcp"
+	DataDir     = "/var/lib/hyperdhcp"
+	MetricsPort = 8067
+	// RunAsID is the non-root user and group hyperdhcpd runs as (distroless's
+	// "nonroot"); the lease volume is group-owned by it through fsGroup.
+	RunAsID              = 65532
 	ConfigHashAnnotation = "hyperdhcp.io/config-hash"
 	NetworksAnnotation   = "k8s.v1.cni.cncf.io/networks"
 	// VMReaderClusterRole is the ClusterRole (deploy/rbac) that lets
@@ -47,10 +50,13 @@ func Name(server *hyperdhcpv1beta1.Server) string { return "hyperdhcpd-" + serve
 // PVCName is the lease database's PersistentVolumeClaim.
 func PVCName(server *hyperdhcpv1beta1.Server) string { return Name(server) + "-leases" }
 
-// ForeignName names objects outside the Server's namespace, which must tell
-// Servers of different namespaces apart.
+// ForeignName names objects outside the Server's namespace (RBAC names, any
+// path segment), which must tell Servers of different namespaces apart.
+// ':' occurs in neither namespace nor Server names, so namespace "a-b" with
+// Server "c" and namespace "a" with Server "b-c" get different names, and
+// no name made inside a namespace ("hyperdhcpd-...") can equal one.
 func ForeignName(server *hyperdhcpv1beta1.Server) string {
-	return "hyperdhcpd-" + server.Namespace + "-" + server.Name
+	return "hyperdhcpd:" + server.Namespace + ":" + server.Name
 }
 
 // SelectorLabels select the hyperdhcpd pod of server.
@@ -243,9 +249,17 @@ func Deployment(server *hyperdhcpv1beta1.Server, image, configHash string) (*app
 		ImagePullPolicy: corev1.PullIfNotPresent,
 		Args:            []string{"serve", "--config", ConfigDir + "/" + ConfigKey, "--log-format", "json"},
 		Ports:           []corev1.ContainerPort{{Name: "metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP}},
-		LivenessProbe:   probe("/healthz"),
-		ReadinessProbe:  probe("/readyz"),
-		Resources:       resources(server.Spec.Resources),
+		// /metrics, /healthz and /readyz listen on the pod's cluster-network
+		// address only: the configuration's ":8067" would answer every VM on
+		// the Multus interface too. hyperdhcpd reads HYPERDHCPD_METRICS_ADDRESS
+		// over the file's metricsAddress; the kubelet probes the pod IP.
+		Env: []corev1.EnvVar{
+			{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "status.podIP"}}},
+			{Name: "HYPERDHCPD_METRICS_ADDRESS", Value: fmt.Sprintf("$(POD_IP):%d", MetricsPort)},
+		},
+		LivenessProbe:  probe("/healthz"),
+		ReadinessProbe: probe("/readyz"),
+		Resources:      resources(server.Spec.Resources),
 		VolumeMounts: []corev1.VolumeMount{
 			{Name: "config", MountPath: ConfigDir, ReadOnly: true},
 			{Name: "leases", MountPath: DataDir},
@@ -254,12 +268,15 @@ func Deployment(server *hyperdhcpv1beta1.Server, image, configHash string) (*app
 			Privileged:               new(false),
 			AllowPrivilegeEscalation: new(false),
 			ReadOnlyRootFilesystem:   new(true),
-			// DHCP needs port 67 (NET_BIND_SERVICE) and broadcast replies on a
-			// socket bound to the Multus interface; SO_BINDTODEVICE needs
-			// NET_RAW on kernels before 5.7. Nothing else is kept.
+			// Per feature: port 67 needs NET_BIND_SERVICE (or the unprivileged
+			// port sysctl below, since a non-root process gets no added
+			// capability without ambient capabilities); replies to clients
+			// without an address are broadcast, which needs no capability;
+			// binding the socket to the Multus interface (SO_BINDTODEVICE)
+			// needs none on Linux 5.7 and later. No feature needs NET_RAW.
 			Capabilities: &corev1.Capabilities{
 				Drop: []corev1.Capability{"ALL"},
-				Add:  []corev1.Capability{"NET_BIND_SERVICE", "NET_RAW"},
+				Add:  []corev1.Capability{"NET_BIND_SERVICE"},
 			},
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
@@ -285,9 +302,15 @@ func Deployment(server *hyperdhcpv1beta1.Server, image, configHash string) (*app
 					ServiceAccountName: Name(server),
 					SecurityContext: &corev1.PodSecurityContext{
 						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-						// Root inside the pod keeps the lease volume writable on
-						// any storage class; capabilities are dropped above.
-						RunAsNonRoot: new(false),
+						RunAsNonRoot:   new(true),
+						RunAsUser:      new(int64(RunAsID)),
+						RunAsGroup:     new(int64(RunAsID)),
+						// The lease volume is made group-writable for this group.
+						FSGroup: new(int64(RunAsID)),
+						// Lets the non-root process bind port 67 in the pod's own
+						// network namespace: a safe sysctl, allowed by the baseline
+						// and restricted Pod Security levels.
+						Sysctls: []corev1.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "67"}},
 					},
 					Containers:   []corev1.Container{container},
 					NodeSelector: maps.Clone(server.Spec.NodeSelector),

@@ -2,6 +2,7 @@ package render
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -9,7 +10,9 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/api/validation/path"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
@@ -87,8 +90,15 @@ func TestDeployment(t *testing.T) {
 	assert.False(t, *sc.AllowPrivilegeEscalation)
 	assert.True(t, *sc.ReadOnlyRootFilesystem)
 	assert.Equal(t, []corev1.Capability{"ALL"}, sc.Capabilities.Drop)
-	assert.Equal(t, []corev1.Capability{"NET_BIND_SERVICE", "NET_RAW"}, sc.Capabilities.Add)
-	assert.Equal(t, corev1.SeccompProfileTypeRuntimeDefault, pod.Spec.SecurityContext.SeccompProfile.Type)
+	assert.Equal(t, []corev1.Capability{"NET_BIND_SERVICE"}, sc.Capabilities.Add, "no feature needs NET_RAW")
+	psc := pod.Spec.SecurityContext
+	assert.Equal(t, corev1.SeccompProfileTypeRuntimeDefault, psc.SeccompProfile.Type)
+	assert.Equal(t, new(true), psc.RunAsNonRoot)
+	assert.Equal(t, new(int64(65532)), psc.RunAsUser)
+	assert.Equal(t, new(int64(65532)), psc.RunAsGroup)
+	assert.Equal(t, new(int64(65532)), psc.FSGroup, "the lease volume is writable by the non-root user")
+	assert.Contains(t, psc.Sysctls, corev1.Sysctl{Name: "net.ipv4.ip_unprivileged_port_start", Value: "67"},
+		"a non-root process gets no added capability without ambient capabilities: port 67 must be unprivileged")
 	assert.Equal(t, resource.MustParse("128Mi"), c.Resources.Limits[corev1.ResourceMemory])
 	assert.Equal(t, map[string]string{"zone": "a"}, pod.Spec.NodeSelector)
 	assert.Equal(t, corev1.TolerationOpExists, pod.Spec.Tolerations[0].Operator)
@@ -168,4 +178,69 @@ func TestDeploymentRoundTripsThroughYAML(t *testing.T) {
 	var back appsv1.Deployment
 	require.NoError(t, yaml.UnmarshalStrict(data, &back))
 	assert.Equal(t, d.Spec, back.Spec)
+}
+
+// hyperdhcpd's HTTP endpoints listen on the pod's cluster-network address
+// only, never on the VM network: the address comes from the downward API.
+func TestMetricsListenOnThePodIP(t *testing.T) {
+	d, err := Deployment(testServer(), "img", "h")
+	require.NoError(t, err)
+	c := d.Spec.Template.Spec.Containers[0]
+	require.Len(t, c.Env, 2)
+	podIP := c.Env[0] // first: $(POD_IP) only expands variables defined before it
+	assert.Equal(t, "POD_IP", podIP.Name)
+	require.NotNil(t, podIP.ValueFrom)
+	require.NotNil(t, podIP.ValueFrom.FieldRef)
+	assert.Equal(t, "status.podIP", podIP.ValueFrom.FieldRef.FieldPath)
+	assert.Equal(t, corev1.EnvVar{Name: "HYPERDHCPD_METRICS_ADDRESS", Value: "$(POD_IP):8067"}, c.Env[1])
+	// Probes name no host: the kubelet sends them to the pod IP.
+	assert.Empty(t, c.LivenessProbe.HTTPGet.Host)
+	assert.Empty(t, c.ReadinessProbe.HTTPGet.Host)
+}
+
+// Every name and label value derived from the longest Server name the API
+// accepts fits its 63-character limit.
+func TestChildNamesFit(t *testing.T) {
+	server := testServer()
+	server.Name = strings.Repeat("n", hyperdhcpv1beta1.MaxServerNameLength)
+	server.Namespace = strings.Repeat("s", 63)
+	server.Spec.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{server.Namespace, "other"}}
+
+	names := []string{Name(server), PVCName(server)}
+	bindings, _ := VMReaderBindings(server)
+	var labels []map[string]string
+	for _, b := range bindings {
+		if b.Namespace == server.Namespace {
+			names = append(names, b.Name) // foreign names are RBAC names, not DNS labels
+		}
+		labels = append(labels, b.Labels)
+	}
+	d, err := Deployment(server, "img", "h")
+	require.NoError(t, err)
+	labels = append(labels, d.Labels, d.Spec.Template.Labels)
+	for _, name := range names {
+		assert.Empty(t, validation.IsDNS1123Label(name), name)
+	}
+	for _, set := range labels {
+		for k, v := range set {
+			assert.Empty(t, validation.IsValidLabelValue(v), "%s=%s", k, v)
+		}
+	}
+}
+
+// Objects outside the Server's namespace must name it unambiguously: no two
+// Servers share one, and none equals a name made inside a namespace.
+func TestForeignNamesDoNotCollide(t *testing.T) {
+	server := func(namespace, name string) *hyperdhcpv1beta1.Server {
+		s := testServer()
+		s.Namespace, s.Name = namespace, name
+		return s
+	}
+	assert.NotEqual(t, ForeignName(server("a-b", "c")), ForeignName(server("a", "b-c")))
+	// Server names may hold dots (DNS subdomains), namespaces may not.
+	assert.NotEqual(t, ForeignName(server("a", "b.c")), ForeignName(server("a.b", "c")))
+	// A foreign RoleBinding lands in a namespace with Servers of its own.
+	assert.NotEqual(t, ForeignName(server("a", "b")), Name(server("other", "a-b")))
+	assert.NotEqual(t, ForeignName(server("a", "b")), Name(server("other", "a.b")))
+	assert.Empty(t, path.IsValidPathSegmentName(ForeignName(server("a", "b.c"))), "a valid RBAC object name")
 }
