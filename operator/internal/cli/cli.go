@@ -13,12 +13,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	"github.com/hyperdhcp/hyperdhcp/operator/internal/controller"
 	"github.com/hyperdhcp/hyperdhcp/operator/internal/scheme"
 	"github.com/hyperdhcp/hyperdhcp/operator/internal/version"
@@ -70,17 +67,15 @@ func run(c *cli.Context) error {
 	// Each Server takes about ten writes to set up; client-go's default of
 	// 5 requests per second would make a large install take minutes.
 	restConfig.QPS, restConfig.Burst = float32(c.Float64("kube-api-qps")), c.Int("kube-api-burst")
-	var cacheOptions cache.Options
+	var serverSelector labels.Selector
 	if sel := c.String("server-selector"); sel != "" {
-		selector, err := labels.Parse(sel)
-		if err != nil {
+		if serverSelector, err = labels.Parse(sel); err != nil {
 			return fmt.Errorf("invalid --server-selector: %w", err)
 		}
-		cacheOptions.ByObject = map[client.Object]cache.ByObject{&hyperdhcpv1beta1.Server{}: {Label: selector}}
 	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  scheme,
-		Cache:                   cacheOptions,
+		Cache:                   controller.CacheOptions(serverSelector),
 		Metrics:                 metricsserver.Options{BindAddress: c.String("metrics-bind-address")},
 		HealthProbeBindAddress:  c.String("health-probe-bind-address"),
 		LeaderElection:          c.Bool("leader-elect"),
@@ -91,9 +86,10 @@ func run(c *cli.Context) error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 	reconciler := &controller.ServerReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("hyperdhcp-operator"),
-		Image:    c.String("hyperdhcpd-image"),
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("hyperdhcp-operator"),
+		Image:     c.String("hyperdhcpd-image"),
 
 		MaxConcurrentReconciles: c.Int("max-concurrent-reconciles"),
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -13,7 +15,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -37,11 +42,19 @@ const Finalizer = "hyperdhcp.io/foreign-rbac"
 // RBAC, ConfigMap, PVC and Deployment, and reports their state.
 type ServerReconciler struct {
 	client.Client
-	Recorder recorder.EventRecorder
+	// APIReader reads past the cache, which holds only objects labelled as
+	// the operator's: a child that lost its label is found through it and
+	// taken back instead of being created twice. nil: none (Client is not
+	// cached, as in tests).
+	APIReader client.Reader
+	Recorder  recorder.EventRecorder
 	// Image is the hyperdhcpd image used when a Server names none.
 	Image string
 	// MaxConcurrentReconciles bounds parallel reconciles (default 1).
 	MaxConcurrentReconciles int
+	// NetworkAttachmentRecheck is how soon a Server whose
+	// NetworkAttachmentDefinition is missing is looked at again (default 30s).
+	NetworkAttachmentRecheck time.Duration
 }
 
 // The operator's own permissions. It must hold every permission it grants
@@ -52,6 +65,7 @@ type ServerReconciler struct {
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=hyperdhcp-vm-reader
+// +kubebuilder:rbac:groups=k8s.cni.cncf.io,resources=network-attachment-definitions,verbs=get;list;watch
 
 // SetupWithManager registers the controller.
 func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -79,7 +93,10 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	if !server.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, server)
 	}
-	if controllerutil.AddFinalizer(server, Finalizer) {
+	// Only what owner references cannot reach needs a finalizer; it goes on
+	// before anything is made outside the namespace, and the RBAC phase
+	// takes it off once nothing is left there.
+	if hasForeignObjects(server) && controllerutil.AddFinalizer(server, Finalizer) {
 		if err := r.Update(ctx, server); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
@@ -105,8 +122,11 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 		return ctrl.Result{}, nil
 	}
 
-	var configHash string
-	var deployment *appsv1.Deployment
+	var (
+		configHash        string
+		deployment        *appsv1.Deployment
+		attachmentMissing string
+	)
 	phases := []struct {
 		name string
 		run  func() error
@@ -115,31 +135,110 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 		{"RBAC", func() error { return r.reconcileRBAC(ctx, server) }},
 		{"ConfigMap", func() (err error) { configHash, err = r.reconcileConfigMap(ctx, server); return err }},
 		{"PersistentVolumeClaim", func() error { return r.reconcilePVC(ctx, server) }},
-		{"Deployment", func() (err error) { deployment, err = r.reconcileDeployment(ctx, server, configHash); return err }},
+		{"NetworkAttachment", func() (err error) { attachmentMissing, err = r.checkNetworkAttachment(ctx, server); return err }},
+		{"Deployment", func() (err error) {
+			if configHash == "" {
+				// The ConfigMap phase failed and says why. A pod rolled now
+				// would read the old configuration and not restart when the
+				// new one is written (the hash would not change again).
+				return nil
+			}
+			deployment, err = r.reconcileDeployment(ctx, server, configHash)
+			return err
+		}},
 	}
+	// Every phase runs even when an earlier one failed, so one broken child
+	// neither hides the others' errors nor holds back their repair.
+	var errs []error
 	for _, phase := range phases {
 		if err := phase.run(); err != nil {
-			setReconcileFailed(server, phase.name, err)
-			r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonReconcileFailed, "Reconcile", "%s: %v", phase.name, err)
-			return ctrl.Result{}, fmt.Errorf("reconcile %s: %w", phase.name, err)
+			errs = append(errs, fmt.Errorf("%s: %w", phase.name, err))
 		}
 	}
-	setDeploymentConditions(server, deployment)
-	return ctrl.Result{}, nil
+	var result ctrl.Result
+	if deployment != nil {
+		setDeploymentConditions(server, deployment)
+	}
+	if attachmentMissing != "" {
+		setNetworkAttachmentNotFound(server, attachmentMissing)
+		// NetworkAttachmentDefinitions are not watched (their CRD may come
+		// and go): look again later.
+		result.RequeueAfter = r.NetworkAttachmentRecheck
+		if result.RequeueAfter <= 0 {
+			result.RequeueAfter = 30 * time.Second
+		}
+	}
+	if len(errs) > 0 {
+		err := kerrors.NewAggregate(errs)
+		setReconcileFailed(server, err)
+		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonReconcileFailed, "Reconcile", "%v", err)
+		return ctrl.Result{}, fmt.Errorf("reconcile: %w", err)
+	}
+	return result, nil
+}
+
+// hasForeignObjects tells whether server has objects outside its namespace
+// (VM reader bindings elsewhere, a ClusterRoleBinding), which only a
+// finalizer can remove.
+func hasForeignObjects(server *hyperdhcpv1beta1.Server) bool {
+	bindings, cluster := render.VMReaderBindings(server)
+	if cluster != nil {
+		return true
+	}
+	for _, b := range bindings {
+		if b.Namespace != server.Namespace {
+			return true
+		}
+	}
+	return false
+}
+
+// networkAttachmentGVK is Multus' NetworkAttachmentDefinition, read as
+// unstructured: the operator needs neither Multus' Go types nor its CRD.
+var networkAttachmentGVK = schema.GroupVersionKind{Group: "k8s.cni.cncf.io", Version: "v1", Kind: "NetworkAttachmentDefinition"}
+
+// checkNetworkAttachment returns why the pod cannot join its network, or
+// "" when the NetworkAttachmentDefinition exists or cannot be checked.
+func (r *ServerReconciler) checkNetworkAttachment(ctx context.Context, server *hyperdhcpv1beta1.Server) (string, error) {
+	nad := &unstructured.Unstructured{}
+	nad.SetGroupVersionKind(networkAttachmentGVK)
+	key := client.ObjectKey{Namespace: server.AttachmentNamespace(), Name: server.Spec.NetworkAttachment.Name}
+	// Unstructured reads bypass the manager's cache: one GET, no informer.
+	err := r.Get(ctx, key, nad)
+	switch {
+	case err == nil:
+		return "", nil
+	case meta.IsNoMatchError(err):
+		// No Multus CRD here (or not yet): nothing to check against.
+		log.FromContext(ctx).V(1).Info("NetworkAttachmentDefinitions are not served; not checking the network", "networkAttachment", key)
+		return "", nil
+	case apierrors.IsNotFound(err):
+		return fmt.Sprintf("NetworkAttachmentDefinition %s does not exist: the pod cannot join its network", key), nil
+	default:
+		return "", fmt.Errorf("get NetworkAttachmentDefinition %s: %w", key, err)
+	}
 }
 
 // apply creates or updates obj with CreateOrUpdate, where mutate copies
 // every managed field from the desired object; it records an Event when
 // something changed.
 func (r *ServerReconciler) apply(ctx context.Context, server *hyperdhcpv1beta1.Server, obj client.Object, owned bool, mutate func() error) error {
-	result, err := controllerutil.CreateOrUpdate(ctx, r.Client, obj, func() error {
+	f := func() error {
 		if owned {
 			if err := controllerutil.SetControllerReference(server, obj, r.Scheme()); err != nil {
 				return err
 			}
 		}
 		return mutate()
-	})
+	}
+	pristine := obj.DeepCopyObject()
+	result, err := controllerutil.CreateOrUpdate(ctx, r.Client, obj, f)
+	if apierrors.IsAlreadyExists(err) && r.APIReader != nil {
+		// The cache did not show it: it lost the label the cache selects.
+		// Read it from the API server; mutate puts the label back.
+		reflect.ValueOf(obj).Elem().Set(reflect.ValueOf(pristine).Elem())
+		result, err = controllerutil.CreateOrUpdate(ctx, uncachedClient{r.Client, r.APIReader}, obj, f)
+	}
 	if err != nil {
 		return err
 	}
@@ -149,6 +248,16 @@ func (r *ServerReconciler) apply(ctx context.Context, server *hyperdhcpv1beta1.S
 		r.Recorder.Eventf(server, obj, corev1.EventTypeNormal, string(result), "Apply", "%s %s %s", kind, obj.GetName(), result)
 	}
 	return nil
+}
+
+// uncachedClient reads through reader instead of the cache.
+type uncachedClient struct {
+	client.Client
+	reader client.Reader
+}
+
+func (c uncachedClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	return c.reader.Get(ctx, key, obj, opts...)
 }
 
 // setMeta copies the desired labels onto obj, keeping labels others added.
@@ -213,7 +322,27 @@ func (r *ServerReconciler) reconcileRBAC(ctx context.Context, server *hyperdhcpv
 			return err
 		}
 	}
-	return r.pruneRBAC(ctx, server, wanted, vmClusterBinding != nil)
+	if err := r.pruneRBAC(ctx, server, wanted, vmClusterBinding != nil); err != nil {
+		return err
+	}
+	if !hasForeignObjects(server) {
+		return r.removeFinalizer(ctx, server)
+	}
+	return nil
+}
+
+// removeFinalizer takes the finalizer off once nothing is left outside the
+// Server's namespace. It patches a copy: server keeps the state its status
+// patch is computed from.
+func (r *ServerReconciler) removeFinalizer(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
+	patched := server.DeepCopy()
+	if !controllerutil.RemoveFinalizer(patched, Finalizer) {
+		return nil
+	}
+	if err := r.Patch(ctx, patched, client.MergeFrom(server)); err != nil {
+		return fmt.Errorf("remove finalizer: %w", err)
+	}
+	return nil
 }
 
 // pruneRBAC deletes the bindings made for server that its spec no longer
@@ -232,8 +361,17 @@ func (r *ServerReconciler) pruneRBAC(ctx context.Context, server *hyperdhcpv1bet
 			}
 		}
 	}
-	if !keepCluster {
-		crb := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: render.ForeignName(server)}}
+	// By label, not by name: a binding named by an earlier naming scheme
+	// goes too.
+	var clusterBindings rbacv1.ClusterRoleBindingList
+	if err := r.List(ctx, &clusterBindings, selector); err != nil {
+		return fmt.Errorf("list ClusterRoleBindings: %w", err)
+	}
+	for i := range clusterBindings.Items {
+		crb := &clusterBindings.Items[i]
+		if keepCluster && crb.Name == render.ForeignName(server) {
+			continue
+		}
 		if err := r.Delete(ctx, crb); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("delete ClusterRoleBinding %s: %w", crb.Name, err)
 		}
@@ -247,11 +385,14 @@ func (r *ServerReconciler) reconcileConfigMap(ctx context.Context, server *hyper
 		return "", err
 	}
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
-	return hash, r.apply(ctx, server, cm, true, func() error {
+	if err := r.apply(ctx, server, cm, true, func() error {
 		setMeta(cm, desired)
 		cm.Data, cm.BinaryData = desired.Data, nil
 		return nil
-	})
+	}); err != nil {
+		return "", err // no hash: the Deployment must not roll onto it
+	}
+	return hash, nil
 }
 
 func (r *ServerReconciler) reconcilePVC(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
@@ -272,6 +413,14 @@ func (r *ServerReconciler) reconcilePVC(ctx context.Context, server *hyperdhcpv1
 	})
 }
 
+// restartedAtAnnotation is what `kubectl rollout restart` sets on the pod
+// template; kept, or every restart would be followed by a second rollout.
+const restartedAtAnnotation = "kubectl.kubernetes.io/restartedAt"
+
+// reconcileDeployment makes the live Deployment's spec equal to the
+// rendered one, everywhere: a server-side dry run fills in the API server's
+// defaults, so the rendered spec compares equal to an unchanged live one
+// (no write) and differs from one edited in any field, rendered or not.
 func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hyperdhcpv1beta1.Server, configHash string) (*appsv1.Deployment, error) {
 	desired, err := render.Deployment(server, r.Image, configHash)
 	if err != nil {
@@ -280,73 +429,24 @@ func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hype
 	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
 	err = r.apply(ctx, server, d, true, func() error {
 		setMeta(d, desired)
-		d.Spec.Replicas = desired.Spec.Replicas
-		d.Spec.Strategy = desired.Spec.Strategy
+		spec := *desired.Spec.DeepCopy()
 		if d.CreationTimestamp.IsZero() {
-			d.Spec.Selector = desired.Spec.Selector // immutable
+			d.Spec = spec
+			return nil
 		}
-		mergeTemplate(&d.Spec.Template, &desired.Spec.Template)
+		spec.Selector = d.Spec.Selector // immutable
+		if at, ok := d.Spec.Template.Annotations[restartedAtAnnotation]; ok {
+			spec.Template.Annotations[restartedAtAnnotation] = at
+		}
+		dryRun := d.DeepCopy()
+		dryRun.Spec = spec
+		if err := r.Update(ctx, dryRun, client.DryRunAll); err != nil {
+			return fmt.Errorf("default the rendered Deployment (dry run): %w", err)
+		}
+		d.Spec = dryRun.Spec
 		return nil
 	})
 	return d, err
-}
-
-// mergeTemplate sets every field of the pod template the operator manages
-// while keeping what the API server defaulted, so an unchanged Server
-// compares equal and causes no write.
-func mergeTemplate(have, want *corev1.PodTemplateSpec) {
-	have.Labels = want.Labels
-	if have.Annotations == nil {
-		have.Annotations = map[string]string{}
-	}
-	maps.Copy(have.Annotations, want.Annotations)
-
-	spec, wantSpec := &have.Spec, &want.Spec
-	spec.ServiceAccountName = wantSpec.ServiceAccountName
-	spec.SecurityContext = wantSpec.SecurityContext
-	spec.NodeSelector = wantSpec.NodeSelector
-	spec.Tolerations = wantSpec.Tolerations
-	mergeVolumes(spec, wantSpec.Volumes)
-
-	wantC := wantSpec.Containers[0]
-	if len(spec.Containers) != 1 || spec.Containers[0].Name != wantC.Name {
-		spec.Containers = []corev1.Container{wantC}
-		return
-	}
-	c := &spec.Containers[0]
-	c.Image, c.ImagePullPolicy, c.Args = wantC.Image, wantC.ImagePullPolicy, wantC.Args
-	c.Ports, c.Resources, c.VolumeMounts = wantC.Ports, wantC.Resources, wantC.VolumeMounts
-	c.SecurityContext, c.TerminationMessagePolicy = wantC.SecurityContext, wantC.TerminationMessagePolicy
-	c.LivenessProbe = mergeProbe(c.LivenessProbe, wantC.LivenessProbe)
-	c.ReadinessProbe = mergeProbe(c.ReadinessProbe, wantC.ReadinessProbe)
-}
-
-func mergeProbe(have, want *corev1.Probe) *corev1.Probe {
-	if have == nil || have.HTTPGet == nil {
-		return want
-	}
-	have.HTTPGet.Path, have.HTTPGet.Port = want.HTTPGet.Path, want.HTTPGet.Port
-	have.PeriodSeconds, have.TimeoutSeconds, have.FailureThreshold = want.PeriodSeconds, want.TimeoutSeconds, want.FailureThreshold
-	return have
-}
-
-func mergeVolumes(spec *corev1.PodSpec, want []corev1.Volume) {
-	if len(spec.Volumes) != len(want) {
-		spec.Volumes = want
-		return
-	}
-	for i, w := range want {
-		v := &spec.Volumes[i]
-		switch {
-		case v.Name != w.Name:
-			spec.Volumes = want
-			return
-		case w.ConfigMap != nil && v.ConfigMap != nil:
-			v.ConfigMap.Name = w.ConfigMap.Name // keep the defaulted mode
-		default:
-			v.VolumeSource = w.VolumeSource
-		}
-	}
 }
 
 // reconcileDelete removes what owner references cannot, then the finalizer.
@@ -373,11 +473,27 @@ func setInvalidSpec(server *hyperdhcpv1beta1.Server, err error) {
 	)
 }
 
-func setReconcileFailed(server *hyperdhcpv1beta1.Server, phase string, err error) {
+func setReconcileFailed(server *hyperdhcpv1beta1.Server, err error) {
 	setConditions(server, metav1.Condition{
 		Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionTrue,
-		Reason: hyperdhcpv1beta1.ReasonReconcileFailed, Message: fmt.Sprintf("%s: %v", phase, err),
+		Reason: hyperdhcpv1beta1.ReasonReconcileFailed, Message: err.Error(),
 	})
+}
+
+// setNetworkAttachmentNotFound reports a missing NetworkAttachmentDefinition:
+// Degraded, and the reason Ready is False while the pod cannot start. A pod
+// already running keeps serving, so a True Ready stays.
+func setNetworkAttachmentNotFound(server *hyperdhcpv1beta1.Server, message string) {
+	setConditions(server, metav1.Condition{
+		Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionTrue,
+		Reason: hyperdhcpv1beta1.ReasonNetworkAttachmentNotFound, Message: message,
+	})
+	if !meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady) {
+		setConditions(server, metav1.Condition{
+			Type: hyperdhcpv1beta1.ConditionReady, Status: metav1.ConditionFalse,
+			Reason: hyperdhcpv1beta1.ReasonNetworkAttachmentNotFound, Message: message,
+		})
+	}
 }
 
 // setDeploymentConditions derives Ready and Progressing from the Deployment.

@@ -16,9 +16,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -33,11 +35,24 @@ const (
 	interval = 100 * time.Millisecond
 )
 
+// newNamespace makes a namespace with the NetworkAttachmentDefinition
+// "lab-bridge" that newServer's Servers join.
 func newNamespace(t *testing.T) string {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "op-"}}
 	require.NoError(t, admin.Create(t.Context(), ns))
+	createNetworkAttachment(t, ns.Name, "lab-bridge")
 	return ns.Name
+}
+
+func createNetworkAttachment(t testing.TB, namespace, name string) {
+	t.Helper()
+	nad := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+		"metadata": map[string]any{"name": name, "namespace": namespace},
+		"spec":     map[string]any{"config": `{"cniVersion":"0.3.1","type":"bridge","bridge":"br-lab"}`},
+	}}
+	require.NoError(t, admin.Create(context.Background(), nad))
 }
 
 func newServer(t *testing.T, namespace, name string, mutate func(*hyperdhcpv1beta1.ServerSpec)) *hyperdhcpv1beta1.Server {
@@ -175,13 +190,33 @@ func TestDriftIsRepaired(t *testing.T) {
 	d := &appsv1.Deployment{}
 	eventually(t, d, key(ns, name), func() bool { return true }, "Deployment created")
 
-	// An edit is put back.
+	rendered := d.Spec.Template.Spec.DeepCopy()
+
+	// An edit is put back, anywhere in the pod template, also in fields the
+	// operator leaves to their defaults.
 	d.Spec.Replicas = new(int32(3))
-	d.Spec.Template.Spec.Containers[0].Image = "evil.example/other:latest"
+	c := &d.Spec.Template.Spec.Containers[0]
+	c.Image = "evil.example/other:latest"
+	c.Args = append(c.Args, "--debug")
+	c.Env = append(c.Env, corev1.EnvVar{Name: "HYPERDHCPD_PORT", Value: "6767"})
+	c.SecurityContext.Capabilities.Add = append(c.SecurityContext.Capabilities.Add, "NET_ADMIN")
+	d.Spec.Template.Spec.HostPID = true
+	d.Spec.Template.Spec.SecurityContext.RunAsNonRoot = new(false)
 	require.NoError(t, admin.Update(t.Context(), d))
 	eventually(t, d, key(ns, name), func() bool {
-		return *d.Spec.Replicas == 1 && d.Spec.Template.Spec.Containers[0].Image == testImage
+		return *d.Spec.Replicas == 1 && apiequality.Semantic.DeepEqual(*rendered, d.Spec.Template.Spec)
 	}, "Deployment restored")
+
+	// A child that lost the label the operator's cache selects is still
+	// found (not created twice) and gets the label back.
+	sa := &corev1.ServiceAccount{}
+	require.NoError(t, admin.Get(t.Context(), key(ns, name), sa))
+	delete(sa.Labels, render.ServerLabel)
+	sa.AutomountServiceAccountToken = new(false)
+	require.NoError(t, admin.Update(t.Context(), sa))
+	eventually(t, sa, key(ns, name), func() bool {
+		return sa.Labels[render.ServerLabel] == server.Name && *sa.AutomountServiceAccountToken
+	}, "ServiceAccount restored")
 
 	// A deleted child comes back.
 	cm := &corev1.ConfigMap{}

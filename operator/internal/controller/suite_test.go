@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -21,12 +22,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	operatorscheme "github.com/hyperdhcp/hyperdhcp/operator/internal/scheme"
 )
 
@@ -38,14 +37,16 @@ const (
 )
 
 var (
-	env        *envtest.Environment
-	scheme     *runtime.Scheme
-	adminCfg   *rest.Config
-	admin      client.Client // the test's own, all-powerful client
-	operator   client.Client // what the operator may do: deploy/rbac, impersonated
-	reconciler *ServerReconciler
-	hyperdhcpd string // the built binary, to check rendered configurations
-	kubeconfig string // an admin kubeconfig for kubectl
+	env         *envtest.Environment
+	scheme      *runtime.Scheme
+	adminCfg    *rest.Config
+	operatorCfg *rest.Config
+	admin       client.Client // the test's own, all-powerful client
+	operator    client.Client // what the operator may do: deploy/rbac, impersonated
+	mgr         ctrl.Manager  // the operator under test
+	reconciler  *ServerReconciler
+	hyperdhcpd  string // the built binary, to check rendered configurations
+	kubeconfig  string // an admin kubeconfig for kubectl
 )
 
 func TestMain(m *testing.M) {
@@ -86,7 +87,10 @@ func run(m *testing.M) int {
 	}
 
 	env = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "..", "deploy", "crd")},
+		CRDDirectoryPaths: []string{
+			filepath.Join("..", "..", "..", "deploy", "crd"),
+			filepath.Join("testdata", "crd"), // Multus' NetworkAttachmentDefinition
+		},
 		ErrorIfCRDPathMissing: true,
 	}
 	// kube-apiserver derives its advertise address from the default route;
@@ -121,7 +125,7 @@ func run(m *testing.M) int {
 	}
 	// The controller runs with exactly the operator's RBAC: a missing
 	// +kubebuilder:rbac marker makes these tests fail.
-	operatorCfg := rest.CopyConfig(adminCfg)
+	operatorCfg = rest.CopyConfig(adminCfg)
 	operatorCfg.Impersonate = rest.ImpersonationConfig{UserName: operatorUser}
 	operatorCfg.QPS, operatorCfg.Burst = 50, 100 // as the operator's defaults
 	if operator, err = client.New(operatorCfg, client.Options{Scheme: scheme}); err != nil {
@@ -133,18 +137,17 @@ func run(m *testing.M) int {
 	if err != nil {
 		return fail(err)
 	}
-	mgr, err := ctrl.NewManager(operatorCfg, ctrl.Options{
+	mgr, err = ctrl.NewManager(operatorCfg, ctrl.Options{
 		Scheme:  scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&hyperdhcpv1beta1.Server{}: {Label: notMakeRun},
-		}},
+		Cache:   CacheOptions(notMakeRun), // as the operator's own
 	})
 	if err != nil {
 		return fail(err)
 	}
-	reconciler = &ServerReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("hyperdhcp-operator"), Image: testImage,
-		MaxConcurrentReconciles: 4}
+	reconciler = &ServerReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(),
+		Recorder: mgr.GetEventRecorder("hyperdhcp-operator"), Image: testImage,
+		MaxConcurrentReconciles: 4, NetworkAttachmentRecheck: time.Second}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fail(err)
 	}
