@@ -26,6 +26,7 @@ type Metrics struct {
 	received       *prometheus.CounterVec
 	sent           *prometheus.CounterVec
 	dropped        *prometheus.CounterVec
+	refused        *prometheus.CounterVec
 	handleDuration prometheus.Histogram
 	commitBatch    prometheus.Histogram
 	commitDuration prometheus.Histogram
@@ -42,6 +43,9 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hyperdhcpd_packets_sent_total", Help: "DHCP packets sent, by message type.",
 		}, []string{"type"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hyperdhcpd_naks_total", Help: "DHCPNAKs sent, by reason.",
+		}, []string{"reason"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hyperdhcpd_packets_dropped_total", Help: "DHCP packets not answered, by reason.",
 		}, []string{"reason"}),
@@ -65,7 +69,7 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 		}),
 	}
 	poolDesc := prometheus.NewDesc("hyperdhcpd_pool_addresses", "Addresses of all pools, by state.", []string{"state"}, nil)
-	m.Registry.MustRegister(m.received, m.sent, m.dropped, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors,
+	m.Registry.MustRegister(m.received, m.sent, m.dropped, m.refused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		poolCollector{desc: poolDesc, stats: pool})
 	return m
@@ -73,6 +77,9 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 
 // Dropped implements leasedb.Observer.
 func (m *Metrics) Dropped(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+
+// Refused implements leasedb.Observer.
+func (m *Metrics) Refused(reason string) { m.refused.WithLabelValues(reason).Inc() }
 
 // Committed implements leasedb.Observer.
 func (m *Metrics) Committed(batch int, took time.Duration, err error) {
@@ -92,7 +99,7 @@ func (c poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.stats()
-	for state, n := range map[string]int64{"size": s.Size, "used": s.Used, "free": s.Free} {
+	for state, n := range map[string]int64{"size": s.Size, "used": s.Used, "free": s.Free, "quarantined": s.Quarantined, "outside": s.Outside} {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), state)
 	}
 }

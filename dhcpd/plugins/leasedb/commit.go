@@ -3,13 +3,10 @@ package leasedb
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"sync"
 	"time"
 )
-
-// maxBatch bounds one transaction so a burst cannot delay the first ACK of
-// the batch for long.
-const maxBatch = 512
 
 // DefaultCommitWindow is how long a commit waits for more leases to share
 // its fsync. Measured with make bench on 2 cores: CPU per exchange falls by
@@ -17,59 +14,98 @@ const maxBatch = 512
 // ms more on the ACK, which no DHCP client notices.
 const DefaultCommitWindow = 300 * time.Microsecond
 
+// retryAfter is how long the committer waits before writing again after a
+// failed transaction, so a full disk is not hammered once per packet.
+const retryAfter = time.Second
+
 var errCommitterClosed = errors.New("lease database is closing")
 
-// committer implements group commit: handlers queue their changes and wait;
-// one goroutine writes everything queued so far in a single transaction (one
-// fsync), then releases all of their ACKs together. Under load the batch
-// grows, so throughput is not bounded by fsync latency.
+// committer writes the allocator's change log to the store with group
+// commit: handlers append their changes while they hold the lease lock, so
+// the log is in the order memory changed, and wait for their ticket; one
+// goroutine writes everything appended so far in a single transaction (one
+// fsync) and then releases all of those waiters together.
+//
+// A failed transaction is not lost: its changes go back to the head of the
+// log and are written again before anything newer. Every change is a whole
+// row, so only the last change of an address matters, and the log is
+// compacted to that before each write.
 type committer struct {
 	store   Store
-	queue   chan *commitRequest
-	observe func(batch int, took time.Duration, err error)
 	window  time.Duration // how long to wait for company; <= 0: no wait
+	observe func(batch int, took time.Duration, err error)
+	wake    chan struct{}
 	done    chan struct{}
 
-	// closing guards queue: commits hold it shared while they send, close
-	// holds it exclusively, so nothing sends on the closed channel.
-	closing sync.RWMutex
-	closed  bool
+	mu       sync.Mutex
+	pending  []Change
+	appended uint64 // ticket of the newest change
+	durable  uint64 // every change up to this ticket is in the store
+	waiters  []waiter
+	closed   bool
+	// applying is when the running transaction started (zero when none),
+	// for liveness checks.
+	applying time.Time
 }
 
-type commitRequest struct {
-	changes []Change
-	result  chan error
+type waiter struct {
+	ticket uint64
+	result chan error
 }
 
 func newCommitter(store Store, window time.Duration, observe func(int, time.Duration, error)) *committer {
 	c := &committer{
 		store:   store,
-		queue:   make(chan *commitRequest, maxBatch),
-		observe: observe,
 		window:  window,
+		observe: observe,
+		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
 	go c.run()
 	return c
 }
 
-// commit returns once changes are durable, or with the reason they are not.
-func (c *committer) commit(ctx context.Context, changes ...Change) error {
-	req := &commitRequest{changes: changes, result: make(chan error, 1)}
-	c.closing.RLock()
+// append adds changes to the log and returns the ticket to wait for. The
+// caller holds the lock under which the changes were made, which is what
+// keeps the log in order.
+func (c *committer) append(changes []Change) uint64 {
+	c.mu.Lock()
+	c.pending = append(c.pending, changes...)
+	c.appended += uint64(len(changes))
+	ticket := c.appended
+	c.mu.Unlock()
+	if len(changes) > 0 {
+		c.signal()
+	}
+	return ticket
+}
+
+func (c *committer) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns once every change up to ticket is durable, or with the
+// reason they are not (the transaction failed, ctx ended, or the committer
+// closed). A failed change is still written later; the caller only learns
+// that it cannot count on it now.
+func (c *committer) wait(ctx context.Context, ticket uint64) error {
+	c.mu.Lock()
+	if c.durable >= ticket {
+		c.mu.Unlock()
+		return nil
+	}
 	if c.closed {
-		c.closing.RUnlock()
+		c.mu.Unlock()
 		return errCommitterClosed
 	}
+	w := waiter{ticket: ticket, result: make(chan error, 1)}
+	c.waiters = append(c.waiters, w)
+	c.mu.Unlock()
 	select {
-	case c.queue <- req:
-		c.closing.RUnlock()
-	case <-ctx.Done():
-		c.closing.RUnlock()
-		return ctx.Err()
-	}
-	select {
-	case err := <-req.result:
+	case err := <-w.result:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
@@ -78,65 +114,111 @@ func (c *committer) commit(ctx context.Context, changes ...Change) error {
 
 func (c *committer) run() {
 	defer close(c.done)
-	var batch []*commitRequest
-	var changes []Change
-	for first := range c.queue {
-		batch = c.gather(append(batch[:0], first))
-		changes = changes[:0]
-		for _, req := range batch {
-			changes = append(changes, req.changes...)
-		}
-		start := time.Now()
-		err := c.store.Apply(context.Background(), changes)
-		c.observe(len(batch), time.Since(start), err)
-		for _, req := range batch {
-			req.result <- err
-		}
-	}
-}
-
-// gather adds queued requests to batch: with a window it waits up to that
-// long for more, without one it takes only what is already queued.
-func (c *committer) gather(batch []*commitRequest) []*commitRequest {
-	var windowEnd <-chan time.Time
-	if c.window > 0 {
-		timer := time.NewTimer(c.window)
-		defer timer.Stop()
-		windowEnd = timer.C
-	}
-	for len(batch) < maxBatch {
-		if windowEnd == nil {
-			select {
-			case req, ok := <-c.queue:
-				if !ok {
-					return batch
-				}
-				batch = append(batch, req)
-				continue
-			default:
-				return batch
-			}
-		}
+	var retry <-chan time.Time
+	for {
 		select {
-		case req, ok := <-c.queue:
-			if !ok {
-				return batch
-			}
-			batch = append(batch, req)
-		case <-windowEnd:
-			return batch
+		case <-c.wake:
+		case <-retry:
+		}
+		retry = nil
+		if c.window > 0 {
+			time.Sleep(c.window)
+		}
+		c.mu.Lock()
+		changes, upTo, closed := compact(c.pending), c.appended, c.closed
+		c.pending = nil
+		c.applying = time.Now()
+		c.mu.Unlock()
+
+		var err error
+		if len(changes) > 0 {
+			err = c.store.Apply(context.Background(), changes)
+			c.observe(len(changes), time.Since(c.applying), err)
+		}
+
+		c.mu.Lock()
+		c.applying = time.Time{}
+		if err == nil {
+			c.durable = upTo
+		} else {
+			c.pending = append(changes, c.pending...)
+		}
+		c.waiters = c.release(upTo, err)
+		more := len(c.pending) > 0
+		c.mu.Unlock()
+
+		switch {
+		case closed:
+			return
+		case err != nil:
+			retry = time.After(retryAfter)
+		case more:
+			c.signal()
 		}
 	}
-	return batch
 }
 
-// close writes what is queued and stops; later commits fail.
-func (c *committer) close() {
-	c.closing.Lock()
-	if !c.closed {
-		c.closed = true
-		close(c.queue)
+// release answers the waiters whose tickets the last transaction covered
+// and returns the others; with c.mu held.
+func (c *committer) release(upTo uint64, err error) []waiter {
+	rest := c.waiters[:0]
+	for _, w := range c.waiters {
+		if w.ticket <= upTo {
+			w.result <- err
+		} else {
+			rest = append(rest, w)
+		}
 	}
-	c.closing.Unlock()
+	return rest
+}
+
+// stuckFor reports how long the running transaction has taken, 0 if none runs.
+func (c *committer) stuckFor(now time.Time) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.applying.IsZero() {
+		return 0
+	}
+	return now.Sub(c.applying)
+}
+
+// close makes one last attempt to write the log and stops; later waits fail.
+func (c *committer) close() {
+	c.mu.Lock()
+	already := c.closed
+	c.closed = true
+	c.mu.Unlock()
+	if !already {
+		c.signal()
+	}
 	<-c.done
+	c.mu.Lock()
+	for _, w := range c.waiters {
+		w.result <- errCommitterClosed
+	}
+	c.waiters = nil
+	c.mu.Unlock()
+}
+
+// compact keeps the last change of each address, in log order: each change
+// writes a whole row, so earlier ones of the same address are overwritten
+// within the same transaction anyway.
+func compact(log []Change) []Change {
+	if len(log) < 2 {
+		return log
+	}
+	index := make(map[netip.Addr]int, len(log))
+	for i, ch := range log {
+		index[ch.Lease.IP] = i
+	}
+	if len(index) == len(log) {
+		return log
+	}
+	out := make([]Change, 0, len(index))
+	for i, ch := range log {
+		if index[ch.Lease.IP] == i {
+			out = append(out, ch)
+		}
+	}
+	return out
 }

@@ -5,8 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"time"
-
-	"github.com/coredhcp/coredhcp/plugins/allocators/bitmap"
 )
 
 // State is where a lease is in its life.
@@ -59,49 +57,3 @@ type Range struct {
 }
 
 func (r Range) contains(a netip.Addr) bool { return !a.Less(r.First) && !r.Last.Less(a) }
-
-// addressPool tracks which addresses of one range are taken, in a bitmap.
-type addressPool struct {
-	Range
-	alloc *bitmap.IPv4Allocator
-	size  int64
-}
-
-func newAddressPool(r Range) (*addressPool, error) {
-	alloc, err := bitmap.NewIPv4Allocator(net.IP(r.First.AsSlice()), net.IP(r.Last.AsSlice()))
-	if err != nil {
-		return nil, fmt.Errorf("pool %s-%s: %w", r.First, r.Last, err)
-	}
-	p := &addressPool{Range: r, alloc: alloc}
-	for a := r.First; a.IsValid() && r.contains(a); a = a.Next() {
-		p.size++
-	}
-	return p, nil
-}
-
-// take marks a as used; false when it already was.
-func (p *addressPool) take(a netip.Addr) bool {
-	got, err := p.alloc.Allocate(net.IPNet{IP: net.IP(a.AsSlice())})
-	if err != nil {
-		return false
-	}
-	if gotAddr, _ := netip.AddrFromSlice(got.IP.To4()); gotAddr != a {
-		_ = p.alloc.Free(got) // the allocator fell back to another address: give it back
-		return false
-	}
-	return true
-}
-
-// takeAny marks some free address as used.
-func (p *addressPool) takeAny() (netip.Addr, bool) {
-	got, err := p.alloc.Allocate(net.IPNet{IP: net.IP(p.First.AsSlice())})
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	a, _ := netip.AddrFromSlice(got.IP.To4())
-	return a, true
-}
-
-func (p *addressPool) free(a netip.Addr) {
-	_ = p.alloc.Free(net.IPNet{IP: net.IP(a.AsSlice())}) // a double free only means it was already free
-}

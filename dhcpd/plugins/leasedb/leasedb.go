@@ -10,11 +10,13 @@
 //	exclude=IP                an address never to lease; repeatable
 //	reserve=MAC,IP[,HOSTNAME] a fixed address for a MAC; repeatable
 //	lease=DURATION            lease time (default 1h)
+//	identify=client-id|mac    what keys a lease (default client-id)
 //
 // hyperdhcpd itself builds the plugin with New from its configuration.
 //
 // Clients are identified by option 61 (client identifier) when present, else
-// by their hardware address. The plugin must run after server_id and before
+// by their hardware address; Options.IdentifyByMAC (argument identify=mac)
+// always uses the hardware address. The plugin must run after server_id and before
 // the option plugins: it decides whether a packet is answered at all.
 package leasedb
 
@@ -62,7 +64,10 @@ type Options struct {
 	// CommitWindow is how long a commit waits for more leases to share its
 	// fsync: 0 means DefaultCommitWindow, a negative value no wait.
 	CommitWindow time.Duration
-	Store        Store
+	// IdentifyByMAC keys leases by hardware address even when a client
+	// sends option 61 (Kea's match-client-id false).
+	IdentifyByMAC bool
+	Store         Store
 	// Now is the clock; nil means time.Now. Tests inject their own.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -74,13 +79,16 @@ type Options struct {
 type Observer interface {
 	// Dropped counts a packet the plugin chose not to answer, with a reason.
 	Dropped(reason string)
+	// Refused counts a NAK, with a reason.
+	Refused(reason string)
 	// Committed reports one group commit.
-	Committed(batch int, took time.Duration, err error)
+	Committed(changes int, took time.Duration, err error)
 }
 
 type nopObserver struct{}
 
 func (nopObserver) Dropped(string)                      {}
+func (nopObserver) Refused(string)                      {}
 func (nopObserver) Committed(int, time.Duration, error) {}
 
 // Reasons passed to Observer.Dropped.
@@ -93,35 +101,44 @@ const (
 	DropUnknownRelease = "release_of_unknown_lease"
 	DropUnknownDecline = "decline_of_unknown_lease"
 	DropUnsupported    = "unsupported_message_type"
+	DropUnknownClient  = "init_reboot_from_unknown_client"
+	DropForeignRelay   = "relay_outside_subnet"
 )
 
-// LeaseDB allocates addresses and tracks leases. All lease state lives in
-// memory under mu; the store is written outside mu, so no lock is held
-// across disk I/O.
-type LeaseDB struct {
-	server       netip.Prefix
-	leaseTime    time.Duration
-	offerHold    time.Duration
-	probation    time.Duration
-	now          func() time.Time
-	log          *slog.Logger
-	observer     Observer
-	reservations map[string]Reservation // by MAC
-	reservedIPs  map[netip.Addr]bool
-	excluded     map[netip.Addr]bool
-	committer    *committer
-	store        Store
-	// exhaustedWarning keeps an exhausted pool from flooding the log.
-	exhaustedWarning rateLimit
+// Reasons passed to Observer.Refused; each NAK says its reason in option 56.
+const (
+	NakNotOnNetwork = "not_on_network"
+	NakOutsidePools = "outside_pools"
+	NakInUse        = "in_use"
+	NakOtherAddress = "other_address"
+	NakReservation  = "not_reservation"
+)
 
-	mu       sync.Mutex
-	pools    []*addressPool
-	byIP     map[netip.Addr]*Lease
-	byClient map[string]*Lease
-	// orphans are stored rows that memory dropped (a client moved to
-	// another address); the packet that dropped them deletes them from the
-	// store with its own commit, so a restart cannot resurrect them.
-	orphans []Change
+var nakMessages = map[string]string{
+	NakNotOnNetwork: "address is not on this network",
+	NakOutsidePools: "address is not leased from this server's pools",
+	NakInUse:        "address is in use by another client",
+	NakOtherAddress: "the client's lease is for another address",
+	NakReservation:  "address is not this client's reservation",
+}
+
+// LeaseDB is the leasedb plugin: it translates packets for the allocator,
+// serialises it under one mutex, and answers a REQUEST only once its lease
+// is durable. No lock is held across disk I/O.
+type LeaseDB struct {
+	server        netip.Prefix
+	leaseTime     time.Duration
+	identifyByMAC bool
+	now           func() time.Time
+	log           *slog.Logger
+	observer      Observer
+	committer     *committer
+	store         Store
+	// Warnings that could come once per packet are logged once a minute.
+	exhaustedWarning, commitWarning rateLimit
+
+	mu    sync.Mutex
+	alloc *allocator
 }
 
 // New loads the stored leases and returns a plugin ready to serve.
@@ -135,20 +152,19 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 	if opts.Store == nil {
 		return nil, errors.New("leasedb: a store is required")
 	}
+	alloc, err := newAllocator(&opts)
+	if err != nil {
+		return nil, fmt.Errorf("leasedb: %w", err)
+	}
 	db := &LeaseDB{
-		server:       opts.Server,
-		leaseTime:    orDefault(opts.LeaseTime, DefaultLeaseTime),
-		offerHold:    orDefault(opts.OfferHold, DefaultOfferHold),
-		probation:    orDefault(opts.DeclineProbation, DefaultDeclineProbation),
-		now:          opts.Now,
-		log:          opts.Logger,
-		observer:     opts.Observer,
-		reservations: map[string]Reservation{},
-		reservedIPs:  map[netip.Addr]bool{},
-		excluded:     map[netip.Addr]bool{},
-		store:        opts.Store,
-		byIP:         map[netip.Addr]*Lease{},
-		byClient:     map[string]*Lease{},
+		server:        opts.Server,
+		leaseTime:     alloc.leaseTime,
+		identifyByMAC: opts.IdentifyByMAC,
+		now:           opts.Now,
+		log:           opts.Logger,
+		observer:      opts.Observer,
+		store:         opts.Store,
+		alloc:         alloc,
 	}
 	if db.now == nil {
 		db.now = time.Now
@@ -159,34 +175,17 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 	if db.observer == nil {
 		db.observer = nopObserver{}
 	}
-	for _, r := range opts.Pools {
-		p, err := newAddressPool(r)
-		if err != nil {
-			return nil, fmt.Errorf("leasedb: %w", err)
-		}
-		db.pools = append(db.pools, p)
-	}
-	for _, a := range opts.Exclude {
-		db.excluded[a] = true
-		if p := db.poolFor(a); p != nil {
-			p.take(a)
-		}
-	}
-	for _, r := range opts.Reservations {
-		db.reservations[r.MAC.String()] = r
-		db.reservedIPs[r.IP] = true
-		// Reserved addresses inside a pool are never handed out dynamically.
-		if p := db.poolFor(r.IP); p != nil {
-			p.take(r.IP)
-		}
-	}
 	stored, err := db.store.Load(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("leasedb: %w", err)
 	}
-	if err := db.restore(stored); err != nil {
-		return nil, fmt.Errorf("leasedb: %w", err)
+	alloc.restore(stored, db.now())
+	stats := alloc.stats()
+	if stats.Outside > 0 {
+		db.log.Warn("leases outside the configured subnet, pools and reservations are kept until they expire; their renewals are refused",
+			"count", stats.Outside)
 	}
+	db.log.Info("lease database loaded", "rows", len(stored), "used", stats.Used, "quarantined", stats.Quarantined)
 	window := opts.CommitWindow
 	if window == 0 {
 		window = DefaultCommitWindow
@@ -202,97 +201,53 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
-// restore rebuilds the in-memory state from stored rows. A held lease that
-// cannot be placed means the database does not belong to this configuration
-// or two leases share an address: refuse to start rather than hand an
-// address out twice.
-func (db *LeaseDB) restore(stored []Lease) error {
-	now := db.now()
-	subnet := db.server.Masked()
-	var outside int
-	for i := range stored {
-		l := stored[i]
-		if !subnet.Contains(l.IP) {
-			return fmt.Errorf("stored lease %s lies outside the subnet %s: is this the right lease database?", l.IP, subnet)
-		}
-		switch {
-		case l.State == StateOffered:
-			continue // never stored; ignore if present
-		case l.State == StateDeclined && !l.Expires.After(now):
-			continue // probation over: the address is free again
-		case l.State == StateBound && !l.Expires.After(now):
-			l.State = StateFree // expired while we were down
-		}
-		if l.held() {
-			pool := db.poolFor(l.IP)
-			switch {
-			case pool != nil && !db.reservedIPs[l.IP]:
-				if !pool.take(l.IP) {
-					return fmt.Errorf("stored lease %s conflicts with another lease or an excluded address", l.IP)
-				}
-			case db.reservedIPs[l.IP]:
-				// Reserved addresses are marked taken already.
-			default:
-				// The address left the pools in a configuration change. The
-				// client keeps it until expiry; renewals are refused then.
-				outside++
-				continue
-			}
-		}
-		lease := &l
-		db.byIP[l.IP] = lease
-		if l.ClientID != "" {
-			if prev := db.byClient[l.ClientID]; prev == nil || preferLease(lease, prev) {
-				db.byClient[l.ClientID] = lease
-			}
-		}
-	}
-	if outside > 0 {
-		db.log.Warn("stored leases lie outside every pool and reservation; they are not served", "count", outside)
-	}
-	db.log.Info("lease database loaded", "rows", len(stored), "held", db.countHeld())
-	return nil
+// locked runs f with the lease lock held and hands the changes f made to
+// the committer, in order; it returns their ticket. The deferred unlock
+// keeps a panicking f from locking out every other packet.
+func (db *LeaseDB) locked(f func(now time.Time)) uint64 {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	f(db.now())
+	return db.committer.append(db.alloc.takeLog())
 }
 
-// preferLease picks the record that should stand for a client with two rows.
-func preferLease(a, b *Lease) bool {
-	if a.held() != b.held() {
-		return a.held()
-	}
-	return a.Expires.After(b.Expires)
-}
-
-func (db *LeaseDB) countHeld() int {
-	n := 0
-	for _, l := range db.byIP {
-		if l.held() {
-			n++
-		}
-	}
-	return n
-}
-
-func (db *LeaseDB) poolFor(a netip.Addr) *addressPool {
-	for _, p := range db.pools {
-		if p.contains(a) {
-			return p
-		}
-	}
-	return nil
-}
-
-// Close writes pending commits and closes the store.
+// Close writes pending changes and closes the store.
 func (db *LeaseDB) Close() error {
 	db.committer.close()
 	return db.store.Close()
 }
 
-// clientID identifies the client: option 61 when present, else chaddr.
-func clientID(req *dhcpv4.DHCPv4) string {
-	if id := req.GetOneOption(dhcpv4.OptionClientIdentifier); len(id) > 0 {
-		return "id:" + hex.EncodeToString(id)
+// Check reports whether the plugin can still serve: the lease lock can be
+// taken and no write has hung. It backs hyperdhcpd's liveness probe.
+func (db *LeaseDB) Check(timeout time.Duration) error {
+	acquired := make(chan struct{})
+	go func() {
+		db.mu.Lock()
+		db.mu.Unlock() //nolint:staticcheck // only proving the lock can be taken
+		close(acquired)
+	}()
+	select {
+	case <-acquired:
+	case <-time.After(timeout):
+		return fmt.Errorf("the lease lock has been held for more than %s", timeout)
 	}
-	return "hw:" + req.ClientHWAddr.String()
+	if d := db.committer.stuckFor(time.Now()); d > timeout {
+		return fmt.Errorf("a lease database write has been running for %s", d.Round(time.Second))
+	}
+	return nil
+}
+
+// clientOf identifies the sender: option 61 when present (unless leases are
+// keyed by MAC), else chaddr.
+func (db *LeaseDB) clientOf(req *dhcpv4.DHCPv4) client {
+	c := client{mac: req.ClientHWAddr, id: "hw:" + req.ClientHWAddr.String()}
+	if db.identifyByMAC {
+		return c
+	}
+	if id := req.GetOneOption(dhcpv4.OptionClientIdentifier); len(id) > 0 {
+		c.id = "id:" + hex.EncodeToString(id)
+	}
+	return c
 }
 
 func addrOf(ip net.IP) (netip.Addr, bool) {
@@ -308,6 +263,11 @@ func addrOf(ip net.IP) (netip.Addr, bool) {
 
 // Handler4 is the CoreDHCP handler.
 func (db *LeaseDB) Handler4(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
+	if relay, ok := addrOf(req.GatewayIPAddr); ok && !db.server.Masked().Contains(relay) {
+		// A relay on another subnet needs a pool of that subnet.
+		db.observer.Dropped(DropForeignRelay)
+		return nil, true
+	}
 	switch req.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
 		return db.discover(req, resp)
@@ -330,197 +290,47 @@ func (db *LeaseDB) Handler4(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 }
 
 func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
-	client := clientID(req)
+	c := db.clientOf(req)
 	requested, _ := addrOf(req.RequestedIPAddress())
-	now := db.now()
-
-	db.mu.Lock()
-	lease, reason := db.offer(client, req.ClientHWAddr, requested, now)
 	var offered Lease
-	if lease != nil {
-		offered = *lease
-	}
-	orphans := db.drainOrphans()
-	db.mu.Unlock()
-	if len(orphans) > 0 {
-		db.commitOrDrop(orphans)
-	}
-	if lease == nil {
+	var reason string
+	var now time.Time
+	db.locked(func(t time.Time) {
+		now = t
+		if e, why := db.alloc.discover(c, requested, now); e != nil {
+			offered = e.Lease
+		} else {
+			reason = why
+		}
+	})
+	if reason != "" {
 		db.observer.Dropped(reason)
-		db.log.Debug("no address to offer", "client", client, "reason", reason)
 		if reason == DropPoolExhausted && db.exhaustedWarning.Allow(now) {
 			db.log.Warn("pool exhausted: DISCOVERs are going unanswered", "pool", db.Stats())
 		}
 		return nil, true
 	}
-	db.log.Debug("offer", "client", client, "ip", offered.IP)
-	db.fillLease(resp, offered.IP, offered.Hostname, db.leaseTime)
+	db.fillLease(resp, offered.IP, offered.Hostname)
 	return resp, false
 }
 
-// offer picks the address for a DISCOVER and holds it; called with mu held.
-func (db *LeaseDB) offer(client string, mac net.HardwareAddr, requested netip.Addr, now time.Time) (*Lease, string) {
-	if r, ok := db.reservations[mac.String()]; ok {
-		if holder := db.byIP[r.IP]; holder != nil && holder.ClientID != client && holder.held() && holder.Expires.After(now) {
-			return nil, DropReservedInUse
-		}
-		return db.hold(client, mac, r.IP, r.Hostname, StateOffered, now.Add(db.offerHold)), ""
-	}
-	if l := db.byClient[client]; l != nil {
-		switch {
-		case l.State == StateOffered || l.State == StateBound:
-			if db.dynamic(l.IP) {
-				if l.State == StateOffered {
-					l.Expires = now.Add(db.offerHold)
-				}
-				return l, ""
-			}
-		case l.State == StateFree && db.byIP[l.IP] == l && db.dynamic(l.IP) && db.poolFor(l.IP).take(l.IP):
-			// A returning client gets its previous address while it is free.
-			return db.hold(client, mac, l.IP, "", StateOffered, now.Add(db.offerHold)), ""
-		}
-	}
-	if requested.IsValid() && db.dynamic(requested) && db.claimable(requested, client, now) && db.poolFor(requested).take(requested) {
-		return db.hold(client, mac, requested, "", StateOffered, now.Add(db.offerHold)), ""
-	}
-	a, ok := db.takeAny()
-	if !ok {
-		db.reclaim(now)
-		if a, ok = db.takeAny(); !ok {
-			return nil, DropPoolExhausted
-		}
-	}
-	return db.hold(client, mac, a, "", StateOffered, now.Add(db.offerHold)), ""
-}
-
-// dynamic reports whether a is leasable from the pools.
-func (db *LeaseDB) dynamic(a netip.Addr) bool {
-	return db.poolFor(a) != nil && !db.excluded[a] && !db.reservedIPs[a]
-}
-
-// claimable reports whether client may take a: nobody holds it, or only as
-// a memory of a past lease.
-func (db *LeaseDB) claimable(a netip.Addr, client string, now time.Time) bool {
-	l := db.byIP[a]
-	if l == nil || l.State == StateFree || l.ClientID == client && l.State != StateDeclined {
-		return true
-	}
-	if !l.Expires.After(now) {
-		db.expire(l)
-		return true
-	}
-	return false
-}
-
-func (db *LeaseDB) takeAny() (netip.Addr, bool) {
-	for _, p := range db.pools {
-		if a, ok := p.takeAny(); ok {
-			return a, true
-		}
-	}
-	return netip.Addr{}, false
-}
-
-// hold records a lease for client on a (whose pool bit is already taken, or
-// which is reserved) and forgets the client's previous address.
-func (db *LeaseDB) hold(client string, mac net.HardwareAddr, a netip.Addr, hostname string, state State, expires time.Time) *Lease {
-	if prev := db.byClient[client]; prev != nil && prev.IP != a {
-		db.forget(prev)
-	}
-	if other := db.byIP[a]; other != nil && other.ClientID != client {
-		// a was free but remembered for another client; that memory goes.
-		if db.byClient[other.ClientID] == other {
-			delete(db.byClient, other.ClientID)
-		}
-	}
-	l := db.byIP[a]
-	if l == nil || l.ClientID != client {
-		l = &Lease{IP: a, ClientID: client}
-		db.byIP[a] = l
-	}
-	l.MAC, l.Hostname, l.State, l.Expires = mac, hostname, state, expires
-	db.byClient[client] = l
-	return l
-}
-
-// forget drops a client's lease and frees its address.
-func (db *LeaseDB) forget(l *Lease) {
-	if l.held() {
-		db.freeAddress(l.IP)
-	}
-	if l.State != StateOffered {
-		db.orphans = append(db.orphans, Change{Lease: *l, Delete: true})
-	}
-	if db.byIP[l.IP] == l {
-		delete(db.byIP, l.IP)
-	}
-	if db.byClient[l.ClientID] == l {
-		delete(db.byClient, l.ClientID)
-	}
-}
-
-func (db *LeaseDB) freeAddress(a netip.Addr) {
-	if p := db.poolFor(a); p != nil && !db.reservedIPs[a] && !db.excluded[a] {
-		p.free(a)
-	}
-}
-
-// drainOrphans returns and clears the pending deletions; with mu held.
-func (db *LeaseDB) drainOrphans() []Change {
-	out := db.orphans
-	db.orphans = nil
-	return out
-}
-
-// expire turns a held lease whose time is up into a free one.
-func (db *LeaseDB) expire(l *Lease) {
-	if !l.held() {
-		return
-	}
-	db.freeAddress(l.IP)
-	if l.State == StateDeclined {
-		delete(db.byIP, l.IP)
-		return
-	}
-	l.State = StateFree
-}
-
-// reclaim expires every lease whose time is up; called with mu held.
-func (db *LeaseDB) reclaim(now time.Time) int {
-	n := 0
-	for _, l := range db.byIP {
-		if l.held() && !l.Expires.After(now) {
-			db.expire(l)
-			n++
-		}
-	}
-	return n
-}
-
-// Reclaim expires every lease whose time is up and returns how many.
-func (db *LeaseDB) Reclaim() int {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	return db.reclaim(db.now())
-}
-
 func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
-	client := clientID(req)
-	now := db.now()
-	serverID, selecting := addrOf(req.ServerIdentifier())
+	c := db.clientOf(req)
+	serverID, hasServerID := addrOf(req.ServerIdentifier())
 	requested, hasRequested := addrOf(req.RequestedIPAddress())
 	ciaddr, hasCiaddr := addrOf(req.ClientIPAddr)
 
 	var target netip.Addr
+	var kind requestKind
 	switch {
-	case selecting: // SELECTING: the answer to an OFFER
+	case hasServerID:
 		if serverID != db.server.Addr() {
 			// The client chose another server: let our offer go, say nothing.
-			db.mu.Lock()
-			if l := db.byClient[client]; l != nil && l.State == StateOffered {
-				db.forget(l)
-			}
-			db.mu.Unlock()
+			db.locked(func(now time.Time) {
+				if e := db.alloc.byClient[c.id]; e != nil && e.State == StateOffered {
+					db.alloc.set(e, StateFree, now)
+				}
+			})
 			db.observer.Dropped(DropOtherServer)
 			return nil, true
 		}
@@ -528,155 +338,124 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 			db.observer.Dropped(DropMalformed)
 			return nil, true
 		}
-		target = requested
-	case hasRequested: // INIT-REBOOT: verifying a remembered address
-		target = requested
-	case hasCiaddr: // RENEWING or REBINDING
-		target = ciaddr
+		target, kind = requested, selecting
+	case hasRequested:
+		target, kind = requested, initReboot
+	case hasCiaddr:
+		target, kind = ciaddr, renewing
 	default:
 		db.observer.Dropped(DropMalformed)
 		return nil, true
 	}
 	if !db.server.Masked().Contains(target) {
-		return db.nak(req, client, "address is not on this network", target)
+		return db.nak(req, NakNotOnNetwork)
 	}
 
-	db.mu.Lock()
-	lease, ok := db.bind(client, req.ClientHWAddr, target, now)
-	var row Lease
-	if ok {
-		row = *lease
-	}
-	changes := db.drainOrphans()
-	db.mu.Unlock()
-	if !ok {
-		if len(changes) > 0 {
-			db.commitOrDrop(changes)
+	var al allocation
+	var lease Lease
+	ticket := db.locked(func(now time.Time) {
+		if al = db.alloc.request(c, target, kind, now); al.verdict == ack {
+			lease = al.entry.Lease
 		}
-		return db.nak(req, client, "address is not this client's", target)
+	})
+	switch al.verdict {
+	case silent:
+		db.observer.Dropped(al.reason)
+		return nil, true
+	case nak:
+		return db.nak(req, al.reason)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
-	if err := db.committer.commit(ctx, append(changes, Change{Lease: row})...); err != nil {
+	if err := db.committer.wait(ctx, ticket); err != nil {
 		// Without a durable lease there is no ACK; the client retries.
-		db.log.Error("lease not committed, not acknowledging", "ip", row.IP, "client", client, "error", err)
+		db.locked(func(now time.Time) { db.alloc.revert(al, now) })
 		db.observer.Dropped(DropCommitFailed)
+		if db.commitWarning.Allow(db.now()) {
+			db.log.Error("leases cannot be written: REQUESTs are not acknowledged", "error", err)
+		}
 		return nil, true
 	}
-	db.log.Debug("ack", "client", client, "ip", row.IP, "expires", row.Expires)
-	db.fillLease(resp, row.IP, row.Hostname, db.leaseTime)
+	db.fillLease(resp, lease.IP, lease.Hostname)
 	return resp, false
 }
 
-// bind makes target the client's bound lease if it may have it; with mu held.
-func (db *LeaseDB) bind(client string, mac net.HardwareAddr, target netip.Addr, now time.Time) (*Lease, bool) {
-	expires := now.Add(db.leaseTime)
-	if r, ok := db.reservations[mac.String()]; ok {
-		if r.IP != target || !db.claimable(target, client, now) {
-			return nil, false
-		}
-		return db.hold(client, mac, target, r.Hostname, StateBound, expires), true
-	}
-	if !db.dynamic(target) {
-		return nil, false // outside the pools, excluded, or someone's reservation
-	}
-	if l := db.byIP[target]; l != nil && l.ClientID == client && (l.State == StateOffered || l.State == StateBound) {
-		return db.hold(client, mac, target, "", StateBound, expires), true
-	}
-	// The client is not known to hold target (a reboot, a restart of ours
-	// that lost an offer, or a lease from before): as the authority for this
-	// subnet, grant it when it is free, refuse it otherwise.
-	if !db.claimable(target, client, now) || !db.poolFor(target).take(target) {
-		return nil, false
-	}
-	return db.hold(client, mac, target, "", StateBound, expires), true
-}
-
-// commitOrDrop writes changes that no reply waits for, logging a failure.
-func (db *LeaseDB) commitOrDrop(changes []Change) {
-	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
-	defer cancel()
-	if err := db.committer.commit(ctx, changes...); err != nil {
-		db.log.Error("lease changes not committed", "changes", len(changes), "error", err)
-	}
-}
-
 func (db *LeaseDB) release(req *dhcpv4.DHCPv4) {
-	client := clientID(req)
-	ciaddr, ok := addrOf(req.ClientIPAddr)
-	db.mu.Lock()
-	l := db.byClient[client]
-	if !ok || l == nil || l.IP != ciaddr || l.State != StateBound {
-		db.mu.Unlock()
+	if db.forOtherServer(req) {
+		return
+	}
+	c := db.clientOf(req)
+	ciaddr, _ := addrOf(req.ClientIPAddr)
+	var known bool
+	ticket := db.locked(func(now time.Time) { known = db.alloc.release(c, ciaddr, now) })
+	if !known {
 		db.observer.Dropped(DropUnknownRelease)
 		return
 	}
-	db.freeAddress(l.IP)
-	l.State, l.Expires = StateFree, db.now()
-	row := *l
-	db.mu.Unlock()
+	db.settle(ticket)
+}
 
+// settle waits until the changes up to ticket are written, when no reply
+// depends on them: it keeps a flood of RELEASEs and DECLINEs from running
+// ahead of the disk. A failure is retried by the committer.
+func (db *LeaseDB) settle(ticket uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
-	if err := db.committer.commit(ctx, Change{Lease: row}); err != nil {
-		// The address is free in memory; after a restart it would look bound
-		// until it expires, which wastes it but never hands it out twice.
-		db.log.Error("release not committed", "ip", row.IP, "error", err)
-	}
-	db.log.Debug("release", "client", client, "ip", row.IP)
+	_ = db.committer.wait(ctx, ticket)
 }
 
 func (db *LeaseDB) decline(req *dhcpv4.DHCPv4) {
-	client := clientID(req)
-	declined, ok := addrOf(req.RequestedIPAddress())
-	now := db.now()
-	db.mu.Lock()
-	l := db.byIP[declined]
-	if !ok || l == nil || l.ClientID != client || !l.held() {
-		db.mu.Unlock()
+	if db.forOtherServer(req) {
+		return
+	}
+	c := db.clientOf(req)
+	declined, _ := addrOf(req.RequestedIPAddress())
+	var known bool
+	ticket := db.locked(func(now time.Time) { known = db.alloc.decline(c, declined, now) })
+	if !known {
 		db.observer.Dropped(DropUnknownDecline)
 		return
 	}
-	// The address is in use by someone we do not know: quarantine it, and
-	// detach it from the client so its next DISCOVER gets another address.
-	if db.byClient[client] == l {
-		delete(db.byClient, client)
-	}
-	quarantined := &Lease{IP: declined, State: StateDeclined, Expires: now.Add(db.probation)}
-	db.byIP[declined] = quarantined
-	row := *quarantined
-	db.mu.Unlock()
-
-	db.log.Warn("address declined by client, quarantined", "ip", declined, "client", client, "until", row.Expires)
-	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
-	defer cancel()
-	if err := db.committer.commit(ctx, Change{Lease: row}); err != nil {
-		db.log.Error("decline not committed", "ip", declined, "error", err)
-	}
+	db.log.Warn("address declined by client, quarantined", "ip", declined, "client", c.id)
+	db.settle(ticket)
 }
 
-func (db *LeaseDB) nak(req *dhcpv4.DHCPv4, client, why string, target netip.Addr) (*dhcpv4.DHCPv4, bool) {
-	db.log.Debug("nak", "client", client, "requested", target, "reason", why)
+// forOtherServer reports (and counts) a RELEASE or DECLINE whose option 54
+// names another server: that server's lease, not ours.
+func (db *LeaseDB) forOtherServer(req *dhcpv4.DHCPv4) bool {
+	if id, ok := addrOf(req.ServerIdentifier()); ok && id != db.server.Addr() {
+		db.observer.Dropped(DropOtherServer)
+		return true
+	}
+	return false
+}
+
+func (db *LeaseDB) nak(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4, bool) {
+	db.observer.Refused(reason)
 	// A NAK carries none of the options the chain may have added so far.
 	nak, err := dhcpv4.NewReplyFromRequest(req,
 		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IP(db.server.Addr().AsSlice()))),
-		dhcpv4.WithOption(dhcpv4.OptMessage(why)),
+		dhcpv4.WithOption(dhcpv4.OptMessage(nakMessages[reason])),
 	)
 	if err != nil {
 		db.observer.Dropped(DropMalformed)
 		return nil, true
 	}
+	if _, relayed := addrOf(req.GatewayIPAddr); relayed {
+		// RFC 2131 4.3.2: the relay must broadcast a NAK to the client.
+		nak.SetBroadcast()
+	}
 	return nak, true
 }
 
 // fillLease sets the address, lease time and renewal times of an OFFER or ACK.
-func (db *LeaseDB) fillLease(resp *dhcpv4.DHCPv4, a netip.Addr, hostname string, leaseTime time.Duration) {
+func (db *LeaseDB) fillLease(resp *dhcpv4.DHCPv4, a netip.Addr, hostname string) {
 	resp.YourIPAddr = net.IP(a.AsSlice())
-	resp.UpdateOption(dhcpv4.OptIPAddressLeaseTime(leaseTime))
-	resp.UpdateOption(dhcpv4.OptRenewTimeValue(leaseTime / 2))
-	resp.UpdateOption(dhcpv4.OptRebindingTimeValue(leaseTime * 7 / 8))
+	resp.UpdateOption(dhcpv4.OptIPAddressLeaseTime(db.leaseTime))
+	resp.UpdateOption(dhcpv4.OptRenewTimeValue(db.leaseTime / 2))
+	resp.UpdateOption(dhcpv4.OptRebindingTimeValue(db.leaseTime * 7 / 8))
 	if hostname != "" {
 		resp.UpdateOption(dhcpv4.OptHostName(hostname))
 	}
@@ -692,37 +471,39 @@ type rateLimit struct {
 func (r *rateLimit) Allow(now time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if now.Sub(r.last) < time.Minute {
+	if !r.last.IsZero() && now.Sub(r.last) < time.Minute {
 		return false
 	}
 	r.last = now
 	return true
 }
 
-// Stats counts the pools' addresses.
+// Stats counts the leasable addresses of the pools.
 type Stats struct {
-	Size, Used, Free int64
+	// Size is the pools' addresses minus exclusions and reservations.
+	Size int64
+	// Used are offered or bound; Quarantined were declined; Free is the rest.
+	Used, Quarantined, Free int64
+	// Outside counts held leases that the configuration no longer covers
+	// (kept until they expire).
+	Outside int64
 }
 
 // Stats returns the current pool usage.
 func (db *LeaseDB) Stats() Stats {
-	db.mu.Lock()
-	defer db.mu.Unlock()
 	var s Stats
-	for _, p := range db.pools {
-		s.Size += p.size
-	}
-	for a := range db.excluded {
-		if db.poolFor(a) != nil {
-			s.Size--
-		}
-	}
-	now := db.now()
-	for a, l := range db.byIP {
-		if l.held() && l.Expires.After(now) && db.poolFor(a) != nil {
-			s.Used++
-		}
-	}
-	s.Free = s.Size - s.Used
+	db.locked(func(now time.Time) {
+		db.alloc.expire(now)
+		s = db.alloc.stats()
+	})
 	return s
+}
+
+// Reclaim ends every offer, lease and quarantine whose time is up and
+// returns how many. Packets do this as they come; this keeps the counts
+// right while none come.
+func (db *LeaseDB) Reclaim() int {
+	var n int
+	db.locked(func(now time.Time) { n = db.alloc.expire(now) })
+	return n
 }

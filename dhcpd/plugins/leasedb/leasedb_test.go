@@ -176,10 +176,13 @@ func TestRequestLifecycle(t *testing.T) {
 			return h.handle(packet(h.t, dhcpv4.MessageTypeRequest, mac(1), requestIP(netip.MustParseAddr("10.0.0.5"))))
 		}, dhcpv4.MessageTypeNak},
 		{"init-reboot for an address outside the pools", func(h *harness) *dhcpv4.DHCPv4 {
-			return h.handle(packet(h.t, dhcpv4.MessageTypeRequest, mac(3), requestIP(netip.MustParseAddr("192.168.50.50"))))
+			return h.handle(packet(h.t, dhcpv4.MessageTypeRequest, mac(1), requestIP(netip.MustParseAddr("192.168.50.50"))))
 		}, dhcpv4.MessageTypeNak},
-		{"unknown client reboots into a free address", func(h *harness) *dhcpv4.DHCPv4 {
+		{"init-reboot from a client without a record is not answered (RFC 2131 4.3.2)", func(h *harness) *dhcpv4.DHCPv4 {
 			return h.handle(packet(h.t, dhcpv4.MessageTypeRequest, mac(3), requestIP(netip.MustParseAddr("192.168.50.105"))))
+		}, 0},
+		{"renewing from a client without a record gets a free address", func(h *harness) *dhcpv4.DHCPv4 {
+			return h.handle(packet(h.t, dhcpv4.MessageTypeRequest, mac(3), dhcpv4.WithClientIP(net.IPv4(192, 168, 50, 105))))
 		}, dhcpv4.MessageTypeAck},
 		{"selecting another server", func(h *harness) *dhcpv4.DHCPv4 {
 			return h.handle(packet(h.t, dhcpv4.MessageTypeRequest, mac(1),
@@ -200,7 +203,7 @@ func TestRequestLifecycle(t *testing.T) {
 		{"renewing an address another client took after expiry", func(h *harness) *dhcpv4.DHCPv4 {
 			h.clock.Advance(2 * time.Hour)
 			h.db.Reclaim()
-			h.handle(packet(h.t, dhcpv4.MessageTypeRequest, mac(2), requestIP(netip.MustParseAddr("192.168.50.100"))))
+			require.Equal(h.t, netip.MustParseAddr("192.168.50.100"), h.dora(mac(2), requestIP(netip.MustParseAddr("192.168.50.100"))))
 			return h.handle(packet(h.t, dhcpv4.MessageTypeRequest, mac(1), dhcpv4.WithClientIP(net.IPv4(192, 168, 50, 100))))
 		}, dhcpv4.MessageTypeNak},
 		{"inform", func(h *harness) *dhcpv4.DHCPv4 {
@@ -239,9 +242,10 @@ func TestRequestLifecycle(t *testing.T) {
 func TestSelectingAnotherServerReleasesTheOffer(t *testing.T) {
 	h := newHarness(t, func(o *Options) { o.Pools = []Range{pool("192.168.50.100", "192.168.50.100")} })
 	require.NotNil(t, h.discover(mac(1)))
-	assert.Nil(t, h.discover(mac(2)), "the only address is held by the offer")
+	assert.Equal(t, int64(1), h.db.Stats().Used, "the offer holds the address")
 	h.handle(packet(t, dhcpv4.MessageTypeRequest, mac(1),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(otherServer)), requestIP(netip.MustParseAddr("192.168.50.100"))))
+	assert.Equal(t, int64(0), h.db.Stats().Used, "choosing another server lets the offer go")
 	offer := h.discover(mac(2))
 	require.NotNil(t, offer)
 	assert.Equal(t, "192.168.50.100", offer.YourIPAddr.String())
@@ -250,9 +254,11 @@ func TestSelectingAnotherServerReleasesTheOffer(t *testing.T) {
 func TestOfferExpiresAfterHold(t *testing.T) {
 	h := newHarness(t, func(o *Options) { o.Pools = []Range{pool("192.168.50.100", "192.168.50.100")} })
 	require.NotNil(t, h.discover(mac(1)))
-	assert.Nil(t, h.discover(mac(2)))
-	h.clock.Advance(DefaultOfferHold + time.Second)
-	require.NotNil(t, h.discover(mac(2)), "an expired offer frees its address")
+	h.clock.Advance(DefaultOfferHold - time.Second)
+	assert.Equal(t, int64(1), h.db.Stats().Used, "the offer holds the address")
+	h.clock.Advance(2 * time.Second)
+	assert.Equal(t, int64(0), h.db.Stats().Used, "an expired offer frees its address")
+	require.NotNil(t, h.discover(mac(2)))
 }
 
 func TestSecondClientNeverGetsTheFirstClientsAddress(t *testing.T) {
@@ -364,20 +370,26 @@ func TestRestartKeepsLeases(t *testing.T) {
 		assert.NotEqual(t, ip1, ip)
 		assert.NotEqual(t, ip2, ip, "the quarantine survives the restart")
 	}
-	assert.Equal(t, Stats{Size: 10, Used: 10, Free: 0}, h.db.Stats())
+	assert.Equal(t, Stats{Size: 10, Used: 9, Quarantined: 1, Free: 0}, h.db.Stats())
 }
 
-func TestRestartRefusesADatabaseOfAnotherNetwork(t *testing.T) {
+func TestRestartOnAnotherSubnetKeepsOldLeasesUntilTheyExpire(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases.db")
 	store, err := OpenSQLite(path)
 	require.NoError(t, err)
+	old := netip.MustParseAddr("10.9.9.9")
 	require.NoError(t, store.Apply(context.Background(), []Change{{Lease: Lease{
-		IP: netip.MustParseAddr("10.9.9.9"), ClientID: "hw:x", State: StateBound, Expires: time.Now().Add(time.Hour),
+		IP: old, ClientID: "hw:" + mac(1).String(), MAC: mac(1), State: StateBound, Expires: time.Now().Add(time.Hour),
 	}}}))
-	_, err = New(context.Background(), Options{Server: serverPrefix, Pools: []Range{pool("192.168.50.100", "192.168.50.109")}, Store: store})
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "outside the subnet")
-	store.Close()
+	db, err := New(context.Background(), Options{Server: serverPrefix, Pools: []Range{pool("192.168.50.100", "192.168.50.109")}, Store: store})
+	require.NoError(t, err, "a Server moved to another subnet must still serve")
+	defer db.Close()
+	assert.Equal(t, Stats{Size: 10, Free: 10, Outside: 1}, db.Stats())
+	h := &harness{t: t, db: db, store: store}
+	nak := h.handle(packet(t, dhcpv4.MessageTypeRequest, mac(1), dhcpv4.WithClientIP(net.IP(old.AsSlice()))))
+	require.NotNil(t, nak)
+	assert.Equal(t, dhcpv4.MessageTypeNak, nak.MessageType(), "the old lease's renewal is refused")
+	assert.Equal(t, "192.168.50.100", h.discover(mac(1)).YourIPAddr.String())
 }
 
 func TestConcurrentClientsGetDistinctDurableLeases(t *testing.T) {
@@ -433,11 +445,21 @@ func TestClientMovingToAnotherAddressLeavesOneStoredLease(t *testing.T) {
 	h := newHarness(t, nil)
 	first := h.dora(mac(1))
 	moved := netip.MustParseAddr("192.168.50.105")
-	ack := h.handle(packet(t, dhcpv4.MessageTypeRequest, mac(1), requestIP(moved)))
+	ack := h.handle(packet(t, dhcpv4.MessageTypeRequest, mac(1), dhcpv4.WithClientIP(net.IP(moved.AsSlice()))))
 	require.NotNil(t, ack)
 	require.Equal(t, dhcpv4.MessageTypeAck, ack.MessageType())
 	stored := h.stored()
 	assert.NotContains(t, stored, first, "the old lease is deleted with the commit of the new one")
 	assert.Equal(t, StateBound, stored[moved].State)
 	assert.Equal(t, int64(1), h.db.Stats().Used)
+}
+
+func TestDatabasePathWithURICharacters(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"a#1.db", "a?b.db", "100%.db"} {
+		store, err := OpenSQLite(filepath.Join(dir, name))
+		require.NoError(t, err)
+		require.NoError(t, store.Close())
+		assert.FileExists(t, filepath.Join(dir, name), "the database is the file named, not a prefix of it")
+	}
 }

@@ -78,6 +78,15 @@ func parseArgs(args []string) (Options, string, error) {
 			opts.Reservations = append(opts.Reservations, r)
 		case "lease":
 			opts.LeaseTime, err = time.ParseDuration(value)
+		case "identify":
+			switch value {
+			case "client-id":
+				opts.IdentifyByMAC = false
+			case "mac":
+				opts.IdentifyByMAC = true
+			default:
+				err = fmt.Errorf("want client-id or mac")
+			}
 		default:
 			err = fmt.Errorf("unknown key")
 		}

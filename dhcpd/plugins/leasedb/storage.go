@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	// SQLite driver registered as "sqlite3".
@@ -47,13 +48,17 @@ CREATE TABLE IF NOT EXISTS leases (
 ) WITHOUT ROWID;
 `
 
+// uriPath escapes what SQLite's URI filenames give a meaning to: a path with
+// '#' or '?' must not name another file (t.TempDir of a fuzz seed has '#').
+var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
+
 // OpenSQLite opens (creating if needed) the lease database at path; ":memory:"
 // gives a private in-memory database for tests.
 func OpenSQLite(path string) (*SQLiteStore, error) {
 	// synchronous=FULL: a committed transaction survives power loss, which is
 	// what "durable before the ACK" means. WAL keeps that to one fsync per
 	// transaction, and group commit makes it one per batch of leases.
-	dsn := "file:" + path + "?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate"
+	dsn := "file:" + uriPath.Replace(path) + "?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate"
 	if path == ":memory:" {
 		dsn = "file::memory:?_txlock=immediate"
 	}
@@ -123,8 +128,11 @@ func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
 	if err != nil {
 		return fmt.Errorf("begin lease transaction: %w", err)
 	}
+	committing := false
 	defer func() {
-		if err != nil {
+		// A failed Commit has ended the transaction already; rolling back
+		// again would only add "transaction has already been committed".
+		if err != nil && !committing {
 			err = errors.Join(err, tx.Rollback())
 		}
 	}()
@@ -146,6 +154,7 @@ func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
 			return fmt.Errorf("write lease %s: %w", l.IP, err)
 		}
 	}
+	committing = true
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit leases: %w", err)
 	}
