@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -29,6 +30,27 @@ import (
 // reclaimInterval is how often expired leases and offers are swept; between
 // sweeps they are also reclaimed on demand when a pool runs out.
 const reclaimInterval = 10 * time.Second
+
+// livenessTimeout is how long the packet loop, a worker, the lease lock or
+// a database write may stall before /healthz fails and the kubelet restarts
+// the pod. The receive loop turns at least once a second.
+const livenessTimeout = 30 * time.Second
+
+// rateLimitedLog lets one line through a minute.
+type rateLimitedLog struct {
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (r *rateLimitedLog) allow(now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.last.IsZero() && now.Sub(r.last) < time.Minute {
+		return false
+	}
+	r.last = now
+	return true
+}
 
 // Preflight checks what can fail before any socket is bound or the lease
 // database is touched.
@@ -90,8 +112,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer conn.Close()
 
+	srv := server.New(conn, chain, metrics, log)
+	live := func() error {
+		return errors.Join(srv.Check(time.Now(), livenessTimeout), db.Check(livenessTimeout))
+	}
 	var ready atomic.Bool
-	stopHTTP, err := serveHTTP(cfg.MetricsAddress, metrics, &ready, log)
+	stopHTTP, err := serveHTTP(cfg.MetricsAddress, metrics, &ready, live, log)
 	if err != nil {
 		return err
 	}
@@ -118,7 +144,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	log.Info("serving DHCP", "interface", cfg.Interface, "port", cfg.Port, "server", cfg.Server.ServerIP, "metrics", cfg.MetricsAddress)
 	ready.Store(true)
-	err = server.New(conn, chain, metrics, log).Serve(ctx)
+	err = srv.Serve(ctx)
 	ready.Store(false)
 	log.Info("stopped serving DHCP")
 	return err
@@ -197,13 +223,23 @@ func LockDatabase(path string) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-func serveHTTP(addr string, metrics *server.Metrics, ready *atomic.Bool, log *slog.Logger) (stop func(), err error) {
+func serveHTTP(addr string, metrics *server.Metrics, ready *atomic.Bool, live func() error, log *slog.Logger) (stop func(), err error) {
 	if addr == "0" {
 		return func() {}, nil
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	var unhealthy rateLimitedLog
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := live(); err != nil {
+			if unhealthy.allow(time.Now()) {
+				log.Error("not alive", "error", err)
+			}
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready.Load() {
 			http.Error(w, "not serving yet", http.StatusServiceUnavailable)

@@ -106,12 +106,15 @@ func FuzzHandle(f *testing.F) {
 	})
 }
 
-// checkConsistent asserts the lease invariants: the database and memory
-// agree, no address is held twice, and the pool counts add up.
+// checkConsistent asserts the lease invariants: the counters, bitmaps and
+// indexes agree with the leases (recounted by Audit), the pool numbers are
+// those of the configuration, and no client is stored bound twice.
 func checkConsistent(t *testing.T, db *leasedb.LeaseDB) {
+	require.NoError(t, db.Audit())
 	stats := db.Stats()
+	require.Equal(t, int64(10), stats.Size, "the pool has ten addresses (the reservation lies outside it)")
 	require.GreaterOrEqual(t, stats.Free, int64(0))
-	require.Equal(t, stats.Size, stats.Used+stats.Free)
+	require.Equal(t, stats.Size, stats.Used+stats.Quarantined+stats.Free)
 	stored, err := fuzzStore.Load(context.Background())
 	require.NoError(t, err)
 	owners := map[string]netip.Addr{}

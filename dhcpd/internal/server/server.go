@@ -6,10 +6,13 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coredhcp/coredhcp/handler"
@@ -26,6 +29,9 @@ const (
 	queueLength = 4096
 	maxPacket   = 1500
 	readBatch   = 32
+	// heartbeat is how often the receive loop proves it and the workers
+	// are alive, when no packet comes to do it.
+	heartbeat = time.Second
 )
 
 // Server answers DHCPv4 packets from conn with a plugin chain.
@@ -35,23 +41,44 @@ type Server struct {
 	metrics *Metrics
 	log     *slog.Logger
 	buffers sync.Pool
+	// Unix nanoseconds of the last turn of the receive loop and of the last
+	// heartbeat a worker took from the queue, for Check.
+	receiverBeat, workerBeat atomic.Int64
 }
 
 // New returns a server; Serve starts it.
 func New(conn net.PacketConn, chain []handler.Handler4, metrics *Metrics, log *slog.Logger) *Server {
-	return &Server{
+	s := &Server{
 		conn:    conn,
 		chain:   chain,
 		metrics: metrics,
 		log:     log,
 		buffers: sync.Pool{New: func() any { return new([maxPacket]byte) }},
 	}
+	now := time.Now().UnixNano()
+	s.receiverBeat.Store(now)
+	s.workerBeat.Store(now)
+	return s
 }
 
+// packet is a datagram to answer; one without a buffer is a heartbeat.
 type packet struct {
 	buf      *[maxPacket]byte
 	n        int
 	received time.Time
+}
+
+// Check reports whether the receive loop and the workers are turning: a
+// worker stuck for good (a deadlock in a plugin) stops the heartbeats, and
+// so does a receive loop that no longer runs.
+func (s *Server) Check(now time.Time, timeout time.Duration) error {
+	if since := now.Sub(time.Unix(0, s.receiverBeat.Load())); since > timeout {
+		return fmt.Errorf("the receive loop has not run for %s", since.Round(time.Second))
+	}
+	if since := now.Sub(time.Unix(0, s.workerBeat.Load())); since > timeout {
+		return fmt.Errorf("no worker has taken a packet for %s", since.Round(time.Second))
+	}
+	return nil
 }
 
 // Serve reads and answers packets until ctx ends, then waits for the packets
@@ -62,6 +89,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	for range workers {
 		wg.Go(func() {
 			for p := range queue {
+				if p.buf == nil {
+					s.workerBeat.Store(time.Now().UnixNano())
+					continue
+				}
+				// A full queue keeps heartbeats out; packets taken count too.
+				s.workerBeat.Store(p.received.UnixNano())
 				s.answer(p)
 			}
 		})
@@ -89,21 +122,34 @@ func (s *Server) receive(ctx context.Context, queue chan<- packet) error {
 			}
 		}
 	}()
-	for {
+	for ctx.Err() == nil {
 		for i := range msgs {
 			if bufs[i] == nil {
 				bufs[i] = s.buffers.Get().(*[maxPacket]byte)
 				msgs[i].Buffers = [][]byte{bufs[i][:]}
 			}
 		}
+		if err := s.conn.SetReadDeadline(time.Now().Add(heartbeat)); err != nil {
+			return fmt.Errorf("set read deadline: %w", err)
+		}
 		n, err := conn.ReadBatch(msgs, 0)
+		received := time.Now()
+		if last := s.receiverBeat.Load(); received.UnixNano()-last >= int64(heartbeat) {
+			s.receiverBeat.Store(received.UnixNano())
+			select {
+			case queue <- packet{}:
+			default: // a full queue: the workers will show whether they are stuck
+			}
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
 			return fmt.Errorf("read DHCP packets: %w", err)
 		}
-		received := time.Now()
 		for i := range n {
 			select {
 			case queue <- packet{buf: bufs[i], n: msgs[i].N, received: received}:
@@ -113,6 +159,7 @@ func (s *Server) receive(ctx context.Context, queue chan<- packet) error {
 			}
 		}
 	}
+	return nil
 }
 
 func (s *Server) answer(p packet) {

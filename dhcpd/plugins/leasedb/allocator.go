@@ -451,3 +451,65 @@ func (a *allocator) stats() Stats {
 		Outside:     int64(a.outside),
 	}
 }
+
+// audit recounts the state from the entries and compares it with the
+// counters, the bitmaps, the queues and the client index, which every
+// operation keeps up to date incrementally. Tests and the fuzz targets call
+// it after each step.
+func (a *allocator) audit() error {
+	var used, declined, outside, queued int
+	for ip, e := range a.byIP {
+		switch {
+		case e.IP != ip:
+			return fmt.Errorf("the entry for %s is filed under %s", e.IP, ip)
+		case e.held() && a.leasable(ip) && !a.taken(ip):
+			return fmt.Errorf("held %s is free in the bitmap", ip)
+		case !e.held() && a.leasable(ip) && a.taken(ip):
+			return fmt.Errorf("unheld %s is taken in the bitmap", ip)
+		case e.held() && e.queueIndex < 0:
+			return fmt.Errorf("held %s is in no expiry queue", ip)
+		}
+		if !e.held() {
+			continue
+		}
+		queued++
+		switch {
+		case !a.leasable(ip):
+			if !a.covered(e) {
+				outside++
+			}
+		case e.State == StateDeclined:
+			declined++
+		default:
+			used++
+		}
+	}
+	if used != a.used || declined != a.declined || outside != a.outside {
+		return fmt.Errorf("counters say %d used, %d declined, %d outside; the entries say %d, %d, %d",
+			a.used, a.declined, a.outside, used, declined, outside)
+	}
+	if queued != len(a.offers)+len(a.expiry) {
+		return fmt.Errorf("%d held entries but %d queued", queued, len(a.offers)+len(a.expiry))
+	}
+	for id, e := range a.byClient {
+		if a.byIP[e.IP] != e || e.ClientID != id {
+			return fmt.Errorf("client %s points at an entry that is not its own", id)
+		}
+	}
+	taken := 0
+	for _, p := range a.pools {
+		taken += p.taken
+	}
+	if reservedOrExcluded := taken - used - declined; a.size+reservedOrExcluded != a.poolSize() {
+		return fmt.Errorf("bitmaps hold %d addresses, %d more than the leases", taken, reservedOrExcluded)
+	}
+	return nil
+}
+
+func (a *allocator) poolSize() int {
+	n := 0
+	for _, p := range a.pools {
+		n += p.size
+	}
+	return n
+}

@@ -499,6 +499,13 @@ func (db *LeaseDB) Stats() Stats {
 	return s
 }
 
+// Audit checks the plugin's bookkeeping against its leases; nil when they agree.
+func (db *LeaseDB) Audit() error {
+	var err error
+	db.locked(func(time.Time) { err = db.alloc.audit() })
+	return err
+}
+
 // Reclaim ends every offer, lease and quarantine whose time is up and
 // returns how many. Packets do this as they come; this keeps the counts
 // right while none come.

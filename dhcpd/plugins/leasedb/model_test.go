@@ -353,34 +353,12 @@ func (m *modelRun) check() {
 	db.mu.Lock()
 	a := db.alloc
 	a.expire(db.now())
-	var used, declined int
-	for ip, e := range a.byIP {
-		if e.IP != ip {
-			m.failf("entry for %s filed under %s", e.IP, ip)
-		}
-		if e.held() && a.leasable(ip) {
-			if e.State == StateDeclined {
-				declined++
-			} else {
-				used++
-			}
-			if !a.taken(ip) {
-				m.failf("held %s is free in the bitmap", ip)
-			}
-		} else if a.leasable(ip) && a.taken(ip) {
-			m.failf("unheld %s is taken in the bitmap", ip)
-		}
-	}
-	for id, e := range a.byClient {
-		if a.byIP[e.IP] != e || e.ClientID != id {
-			m.failf("client %s points at an entry that is not its own", id)
-		}
+	if err := a.audit(); err != nil {
+		db.mu.Unlock()
+		m.failf("%v", err)
 	}
 	stats := a.stats()
 	db.mu.Unlock()
-	if int(stats.Used) != used || int(stats.Quarantined) != declined {
-		m.failf("counters say %d used, %d quarantined; the leases say %d, %d", stats.Used, stats.Quarantined, used, declined)
-	}
 	if stats.Size != int64(m.size()) || stats.Used+stats.Free+stats.Quarantined != stats.Size || stats.Free < 0 {
 		m.failf("stats %+v do not add up to the pool size %d", stats, m.size())
 	}
