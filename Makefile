@@ -82,8 +82,9 @@ FUZZTIME ?= 5m
 FUZZTIME_TEST ?= 15s
 
 .PHONY: fuzz
-fuzz: ## Fuzz hyperdhcpd's packet handling (FUZZTIME=5m).
+fuzz: ## Fuzz hyperdhcpd's packet handling and the lease allocator against its model (FUZZTIME=5m each).
 	cd dhcpd && go test -run '^$$' -fuzz '^FuzzHandle$$' -fuzztime $(FUZZTIME) ./internal/server
+	cd dhcpd && go test -run '^$$' -fuzz '^FuzzAllocatorModel$$' -fuzztime $(FUZZTIME) ./plugins/leasedb
 
 .PHONY: bench
 bench: ## perfdhcp sweep against hyperdhcpd (root; RATES=, DURATION=) and the Go benchmarks.

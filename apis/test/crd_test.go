@@ -119,6 +119,11 @@ func TestCRDRefusesInvalidServers(t *testing.T) {
 			message: "router must lie inside the subnet of serverIP",
 		},
 		{
+			name:    "unknown way to identify clients",
+			mutate:  func(s *hyperdhcpv1beta1.ServerSpec) { s.IdentifyClientsBy = "Hostname" },
+			message: `supported values: "ClientID", "MAC"`,
+		},
+		{
 			name:    "lease time too short",
 			mutate:  func(s *hyperdhcpv1beta1.ServerSpec) { s.LeaseTime = &metav1.Duration{Duration: 30 * time.Second} },
 			message: "leaseTime must be a duration between 1m and 8760h",

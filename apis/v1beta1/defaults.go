@@ -30,6 +30,9 @@ func SetDefaults(spec *ServerSpec) {
 			spec.Options[i].Type = DefaultOptionType
 		}
 	}
+	if spec.IdentifyClientsBy == "" {
+		spec.IdentifyClientsBy = IdentifyByClientID
+	}
 	if spec.KubeVirt == nil {
 		spec.KubeVirt = &KubeVirtSpec{}
 	}

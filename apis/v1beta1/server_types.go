@@ -108,7 +108,10 @@ type ServerSpec struct {
 	LeaseTime *metav1.Duration `json:"leaseTime,omitempty"`
 
 	// router is the default gateway offered to clients (option 3). It must lie
-	// inside the subnet.
+	// inside the subnet. An address of a pool that is the router (or a static
+	// route's gateway) is never leased. With staticRoutes, the router is also
+	// sent as option 121's default route, because clients that understand
+	// option 121 ignore option 3 (RFC 3442).
 	// +optional
 	Router IPv4Address `json:"router,omitempty"`
 
@@ -141,6 +144,7 @@ type ServerSpec struct {
 	MTU *int32 `json:"mtu,omitempty"`
 
 	// staticRoutes are classless static routes offered to clients (option 121).
+	// Their gateways are never leased from a pool.
 	// +optional
 	// +kubebuilder:validation:MaxItems=32
 	// +listType=atomic
@@ -171,6 +175,15 @@ type ServerSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.all(r, self.exists_one(o, o.ip == r.ip))",message="each address may be reserved only once"
 	// +listType=atomic
 	Reservations []Reservation `json:"reservations,omitempty"`
+
+	// identifyClientsBy says what identifies a client that is not a KubeVirt
+	// VM, and so which lease is its: ClientID uses the client identifier
+	// (option 61) when the client sends one and the MAC otherwise, as RFC
+	// 2131 asks; MAC always uses the hardware address, for guests that send a
+	// different client identifier on each boot (Kea: match-client-id false).
+	// +optional
+	// +kubebuilder:default=ClientID
+	IdentifyClientsBy ClientIdentity `json:"identifyClientsBy,omitempty"`
 
 	// kubevirt configures how the server recognises KubeVirt virtual machines.
 	// +optional
@@ -318,6 +331,16 @@ type Reservation struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="hostname must be one lower-case DNS label such as web-1"
 	Hostname string `json:"hostname,omitempty"`
 }
+
+// ClientIdentity is what keys a client's lease.
+// +kubebuilder:validation:Enum=ClientID;MAC
+type ClientIdentity string
+
+// The ways to identify a client.
+const (
+	IdentifyByClientID ClientIdentity = "ClientID"
+	IdentifyByMAC      ClientIdentity = "MAC"
+)
 
 // KubeVirtSpec configures how the server recognises KubeVirt virtual machines.
 //

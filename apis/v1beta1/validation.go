@@ -79,6 +79,12 @@ func ValidateSpec(spec *ServerSpec, fldPath *field.Path) field.ErrorList {
 	if spec.Router != "" {
 		errs = append(errs, v.onLinkAddress(spec.Router, fldPath.Child("router"))...)
 	}
+	switch spec.IdentifyClientsBy {
+	case "", IdentifyByClientID, IdentifyByMAC:
+	default:
+		errs = append(errs, field.NotSupported(fldPath.Child("identifyClientsBy"), spec.IdentifyClientsBy,
+			[]ClientIdentity{IdentifyByClientID, IdentifyByMAC}))
+	}
 	for i, a := range spec.DNS {
 		errs = append(errs, validateIPv4(a, fldPath.Child("dns").Index(i))...)
 	}

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -202,6 +203,18 @@ func LeaseOptions(spec *hyperdhcpv1beta1.ServerSpec) (leasedb.Options, error) {
 	if spec.LeaseTime != nil {
 		opts.LeaseTime = spec.LeaseTime.Duration
 	}
+	// The router and the static route gateways are hosts on the link:
+	// leasing their addresses would break the network for everyone.
+	gateways := []hyperdhcpv1beta1.IPv4Address{spec.Router}
+	for _, r := range spec.StaticRoutes {
+		gateways = append(gateways, r.Gateway)
+	}
+	for _, g := range gateways {
+		if a, err := hyperdhcpv1beta1.ParseIPv4(g); err == nil && !slices.Contains(opts.Exclude, a) {
+			opts.Exclude = append(opts.Exclude, a)
+		}
+	}
+	opts.IdentifyByMAC = spec.IdentifyClientsBy == hyperdhcpv1beta1.IdentifyByMAC
 	return opts, nil
 }
 

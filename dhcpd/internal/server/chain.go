@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/coredhcp/coredhcp/handler"
@@ -62,6 +63,11 @@ func BuildChain(spec *hyperdhcpv1beta1.ServerSpec, allocate handler.Handler4) ([
 	}
 	if len(spec.StaticRoutes) > 0 {
 		var routes []string
+		if spec.Router != "" && !slices.ContainsFunc(spec.StaticRoutes, isDefaultRoute) {
+			// A client that takes option 121 ignores option 3 (RFC 3442):
+			// without this route it would have no default gateway.
+			routes = append(routes, "0.0.0.0/0,"+string(spec.Router))
+		}
 		for _, r := range spec.StaticRoutes {
 			routes = append(routes, string(r.Destination)+","+string(r.Gateway))
 		}
@@ -115,6 +121,11 @@ func extraOptions(spec *hyperdhcpv1beta1.ServerSpec) (*extraopts.Extra, error) {
 		opts.Raw = append(opts.Raw, dhcpv4.OptGeneric(dhcpv4.GenericOptionCode(o.Code), value))
 	}
 	return extraopts.New(opts), nil
+}
+
+func isDefaultRoute(r hyperdhcpv1beta1.StaticRoute) bool {
+	p, err := netip.ParsePrefix(string(r.Destination))
+	return err == nil && p.Bits() == 0
 }
 
 func stringsOf[S ~string](in []S) []string {

@@ -127,3 +127,20 @@ func checkConsistent(t *testing.T, db *leasedb.LeaseDB) {
 		}
 	}
 }
+
+func TestStaticRoutesCarryTheDefaultRoute(t *testing.T) {
+	srv, _ := fuzzTarget(t)
+	discover, err := dhcpv4.NewDiscovery(net.HardwareAddr{2, 0, 0x5e, 0x10, 0, 0x42},
+		dhcpv4.WithRequestedOptions(dhcpv4.OptionClasslessStaticRoute, dhcpv4.OptionRouter))
+	require.NoError(t, err)
+	offer, _ := srv.Handle(discover.ToBytes())
+	require.NotNil(t, offer)
+	var routes dhcpv4.Routes
+	require.NoError(t, routes.FromBytes(offer.Options.Get(dhcpv4.OptionClasslessStaticRoute)))
+	var got []string
+	for _, r := range routes {
+		got = append(got, r.String())
+	}
+	require.Contains(t, got, "route to 0.0.0.0/0 via 192.168.77.1", "option 121 must carry the default route (RFC 3442)")
+	require.Contains(t, got, "route to 10.0.0.0/8 via 192.168.77.1")
+}

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
 )
 
 // BenchmarkRestart65000Leases measures a restart with a full /16: loading
@@ -63,4 +65,46 @@ func BenchmarkRestart65000Leases(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(heap)/(1<<20), "MiB-heap")
+}
+
+// BenchmarkDiscoverExhausted16 measures a DISCOVER against a /16 pool whose
+// every address is bound: the answer (none) must come without a scan of
+// the leases.
+func BenchmarkDiscoverExhausted16(b *testing.B) {
+	store, err := OpenSQLite(":memory:")
+	if err != nil {
+		b.Fatal(err)
+	}
+	first, last := netip.MustParseAddr("10.77.0.10"), netip.MustParseAddr("10.77.255.254")
+	expires := time.Now().Add(time.Hour)
+	var changes []Change
+	i := 0
+	for a := first; !last.Less(a); a = a.Next() {
+		mac := net.HardwareAddr{0x02, 0, byte(i >> 16), byte(i >> 8), byte(i), 1}
+		changes = append(changes, Change{Lease: Lease{IP: a, ClientID: "hw:" + mac.String(), MAC: mac, State: StateBound, Expires: expires}})
+		i++
+	}
+	if err := store.Apply(context.Background(), changes); err != nil {
+		b.Fatal(err)
+	}
+	db, err := New(context.Background(), Options{
+		Server: netip.MustParsePrefix("10.77.0.2/16"), Pools: []Range{{First: first, Last: last}}, Store: store, CommitWindow: -1,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	req, err := dhcpv4.NewDiscovery(net.HardwareAddr{0x02, 0xff, 0, 0, 0, 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp, err := dhcpv4.NewReplyFromRequest(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if reply, _ := db.Handler4(req, resp); reply != nil {
+			b.Fatal("offered from an exhausted pool")
+		}
+	}
 }
