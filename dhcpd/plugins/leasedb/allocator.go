@@ -324,18 +324,18 @@ func (a *allocator) request(c client, target netip.Addr, kind requestKind, now t
 	switch {
 	case reserved:
 		if r.IP != target {
-			return allocation{verdict: nak, reason: "address is not this client's reservation"}
+			return allocation{verdict: nak, reason: NakReservation}
 		}
 		hostname = r.Hostname
 	case !a.leasable(target):
-		return allocation{verdict: nak, reason: "address is not leased from this server's pools"}
+		return allocation{verdict: nak, reason: NakOutsidePools}
 	}
 	holder := a.byIP[target]
 	switch {
 	case holder != nil && holder.held() && holder.ClientID != c.id:
-		return allocation{verdict: nak, reason: "address is in use by another client"}
+		return allocation{verdict: nak, reason: NakInUse}
 	case !reserved && kind == initReboot && known.IP != target && (holder == nil || !holder.held()):
-		return allocation{verdict: nak, reason: "the client's lease is for another address"}
+		return allocation{verdict: nak, reason: NakOtherAddress}
 	}
 	var before *Lease
 	if holder != nil && holder.ClientID == c.id && holder.held() {

@@ -258,3 +258,31 @@ func TestStoreFollowsMemoryUnderConcurrentMoves(t *testing.T) {
 		}
 	}
 }
+
+// naks counts NAK reasons.
+type naks struct {
+	nopObserver
+	mu      sync.Mutex
+	reasons []string
+}
+
+func (n *naks) Refused(reason string) { n.mu.Lock(); n.reasons = append(n.reasons, reason); n.mu.Unlock() }
+
+func TestNAKsSayWhy(t *testing.T) {
+	observer := &naks{}
+	h, _ := newFaultyHarness(t, func(o *Options) { o.Observer = observer })
+	ip := h.dora(mac(1))
+	h.dora(mac(2))
+	for _, req := range []*dhcpv4.DHCPv4{
+		packet(t, dhcpv4.MessageTypeRequest, mac(1), dhcpv4.WithClientIP(net.IPv4(10, 0, 0, 1))),
+		packet(t, dhcpv4.MessageTypeRequest, mac(1), dhcpv4.WithClientIP(net.IPv4(192, 168, 50, 20))),
+		packet(t, dhcpv4.MessageTypeRequest, mac(1), dhcpv4.WithClientIP(net.IPv4(192, 168, 50, 101))),
+		packet(t, dhcpv4.MessageTypeRequest, mac(1), requestIP(ip.Next().Next())),
+	} {
+		reply := h.handle(req)
+		require.NotNil(t, reply)
+		require.Equal(t, dhcpv4.MessageTypeNak, reply.MessageType())
+		assert.NotEmpty(t, reply.Message(), "option 56 says why")
+	}
+	assert.Equal(t, []string{NakNotOnNetwork, NakOutsidePools, NakInUse, NakOtherAddress}, observer.reasons)
+}

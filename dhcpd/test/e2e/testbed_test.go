@@ -132,6 +132,7 @@ type testBed struct {
 	serverNS string
 	dir      string
 	config   string
+	cfg      *config.Config
 	database string
 	server   *exec.Cmd
 	exited   chan error
@@ -167,13 +168,8 @@ func newTestBed(t *testing.T, mutate func(*config.Config)) *testBed {
 		LeaseDatabase:    b.database,
 		DeclineProbation: &metav1.Duration{Duration: time.Hour},
 	}
-	if mutate != nil {
-		mutate(cfg)
-	}
-	data, err := cfg.Marshal()
-	require.NoError(t, err)
-	b.config = filepath.Join(b.dir, "hyperdhcpd.yaml")
-	require.NoError(t, os.WriteFile(b.config, data, 0o600))
+	b.config, b.cfg = filepath.Join(b.dir, "hyperdhcpd.yaml"), cfg
+	b.edit(mutate)
 	t.Cleanup(func() {
 		b.stopServer(syscall.SIGKILL)
 		if t.Failed() {
@@ -182,6 +178,18 @@ func newTestBed(t *testing.T, mutate func(*config.Config)) *testBed {
 		}
 	})
 	return b
+}
+
+// edit changes the configuration file; a running server reads it when it
+// is started again, as a pod rolled by the operator would.
+func (b *testBed) edit(mutate func(*config.Config)) {
+	b.t.Helper()
+	if mutate != nil {
+		mutate(b.cfg)
+	}
+	data, err := b.cfg.Marshal()
+	require.NoError(b.t, err)
+	require.NoError(b.t, os.WriteFile(b.config, data, 0o600))
 }
 
 // quietNamespace brings up loopback and turns IPv6 off, so only our DHCP
