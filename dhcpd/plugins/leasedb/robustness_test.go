@@ -266,7 +266,11 @@ type naks struct {
 	reasons []string
 }
 
-func (n *naks) Refused(reason string) { n.mu.Lock(); n.reasons = append(n.reasons, reason); n.mu.Unlock() }
+func (n *naks) Refused(reason string) {
+	n.mu.Lock()
+	n.reasons = append(n.reasons, reason)
+	n.mu.Unlock()
+}
 
 func TestNAKsSayWhy(t *testing.T) {
 	observer := &naks{}
