@@ -236,6 +236,61 @@ func LockDatabase(path string) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
+// listenOnAddressDevice listens on addr. When addr names one address (the
+// pod IP), the socket is also bound to the interface that has it: Linux
+// accepts a packet for any local address on any interface, so a VM on the
+// served network could otherwise reach the endpoints through a route via
+// the server's address there.
+func listenOnAddressDevice(addr string) (net.Listener, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || ip.IsUnspecified() {
+		return net.Listen("tcp", addr)
+	}
+	device, err := interfaceWith(ip)
+	if err != nil {
+		return nil, err
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var sockErr error
+		if err := c.Control(func(fd uintptr) {
+			sockErr = syscall.SetsockoptString(int(fd), syscall.SOL_SOCKET, syscall.SO_BINDTODEVICE, device)
+		}); err != nil {
+			return err
+		}
+		if sockErr != nil {
+			return fmt.Errorf("bind to interface %s: %w", device, sockErr)
+		}
+		return nil
+	}}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+// interfaceWith names the network interface that has address ip.
+func interfaceWith(ip netip.Addr) (string, error) {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return "", fmt.Errorf("list network interfaces: %w", err)
+	}
+	for _, iface := range ifaces {
+		addrs, err := iface.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if prefix, ok := a.(*net.IPNet); ok {
+				if got, ok := netip.AddrFromSlice(prefix.IP); ok && got.Unmap() == ip {
+					return iface.Name, nil
+				}
+			}
+		}
+	}
+	return "", fmt.Errorf("no network interface has the address %s", ip)
+}
+
 func serveHTTP(addr string, metrics *server.Metrics, ready *atomic.Bool, live func() error, log *slog.Logger) (stop func(), err error) {
 	if addr == "0" {
 		return func() {}, nil
@@ -260,7 +315,7 @@ func serveHTTP(addr string, metrics *server.Metrics, ready *atomic.Bool, live fu
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	listener, err := net.Listen("tcp", addr)
+	listener, err := listenOnAddressDevice(addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for metrics on %s: %w", addr, err)
 	}
