@@ -27,7 +27,7 @@ OPERATOR_LDFLAGS := -s -w -X $(OPERATOR_VERSION_PKG).Version=$(VERSION) -X $(OPE
 	-X $(OPERATOR_VERSION_PKG).Date=$(DATE) -X $(OPERATOR_VERSION_PKG).HyperdhcpdImage=$(HYPERDHCPD_IMG)
 
 # Every module of the workspace, for targets that run per module.
-MODULES := apis apis/test operator dhcpd hack/demo
+MODULES := apis apis/test operator dhcpd dhcpd/test/coredhcp hack/demo
 GO_DIRS := apis operator dhcpd hack
 # -race needs cgo; the race detector is worth its cost on these small suites.
 GO_TEST_FLAGS ?= -race -count=1

@@ -414,18 +414,35 @@ func TestConcurrentClientsGetDistinctDurableLeases(t *testing.T) {
 }
 
 func TestParseArgs(t *testing.T) {
-	opts, path, err := parseArgs([]string{"database=/tmp/x.db", "server=192.168.50.2/24", "pool=192.168.50.10-192.168.50.20",
-		"exclude=192.168.50.11", "reserve=02:00:5e:10:00:01,192.168.50.5,pxe", "lease=30m"})
+	spec, path, err := parseArgs([]string{"database=/tmp/x.db", "server=192.168.50.2/24", "pool=192.168.50.10-192.168.50.20",
+		"exclude=192.168.50.11", "reserve=02:00:5e:10:00:01,192.168.50.5,pxe", "lease=30m", "identify=mac"})
 	require.NoError(t, err)
 	assert.Equal(t, "/tmp/x.db", path)
+	opts, err := OptionsFromSpec(spec)
+	require.NoError(t, err)
 	assert.Equal(t, serverPrefix, opts.Server)
 	assert.Equal(t, []Range{pool("192.168.50.10", "192.168.50.20")}, opts.Pools)
 	assert.Equal(t, 30*time.Minute, opts.LeaseTime)
 	assert.Equal(t, "pxe", opts.Reservations[0].Hostname)
+	assert.True(t, opts.IdentifyByMAC)
 
-	for _, bad := range [][]string{{"server=x"}, {"pool=1.2.3.4"}, {"nonsense"}, {"color=blue"}, {"server=192.168.50.2/24"}} {
-		_, _, err := parseArgs(bad)
-		assert.Error(t, err, "%v", bad)
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"database=d", "server=x"}, "leasedb.serverIP"},
+		{[]string{"database=d", "server=192.168.50.2/24", "pool=1.2.3.4"}, "want FIRST-LAST"},
+		{[]string{"nonsense"}, "not key=value"},
+		{[]string{"color=blue"}, "unknown key"},
+		{[]string{"server=192.168.50.2/24"}, "database=PATH is required"},
+		// The checks hyperdhcpd makes of a Server apply to the plugin too.
+		{[]string{"database=d", "server=192.168.50.2/24", "pool=10.0.0.1-10.0.0.9"}, "leasedb.pools"},
+		{[]string{"database=d", "server=192.168.50.2/24", "pool=192.168.50.10-192.168.50.20", "pool=192.168.50.15-192.168.50.30"}, "overlap"},
+		{[]string{"database=d", "server=192.168.50.2/24", "pool=192.168.50.1-192.168.50.20"}, "server's own address"},
+		{[]string{"database=d", "server=192.168.50.2/24", "pool=192.168.50.10-192.168.50.20", "lease=1s"}, "leaseTime"},
+	} {
+		_, _, err := parseArgs(bad.args)
+		assert.ErrorContains(t, err, bad.want, "%v", bad.args)
 	}
 }
 
