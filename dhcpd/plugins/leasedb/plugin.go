@@ -17,7 +17,7 @@ import (
 // Plugin registers leasedb for CoreDHCP configuration files, so a stock
 // CoreDHCP server can use it in place of its range plugin:
 //
-//	- leasedb: database=/var/lib/coredhcp/leases.db server=192.168.50.2/24 pool=192.168.50.100-192.168.50.199
+//   - leasedb: database=/var/lib/coredhcp/leases.db server=192.168.50.2/24 pool=192.168.50.100-192.168.50.199
 //
 // The arguments are those of the package comment. They are checked as
 // hyperdhcpd checks a Server, and the database is locked the same way, so

@@ -81,4 +81,3 @@ func LockDatabase(path string) (unlock func(), err error) {
 	}
 	return func() { f.Close() }, nil
 }
-
