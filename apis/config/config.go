@@ -75,7 +75,8 @@ type Kubernetes struct {
 	StatusInterval *metav1.Duration `json:"statusInterval,omitempty"`
 }
 
-// Load reads, defaults and validates the file at path.
+// Load reads and decodes the file at path (see Parse); it neither defaults
+// nor validates, so that flag overrides can come first.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -85,8 +86,8 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse decodes a configuration; unknown fields are errors, so a misspelt
-// key cannot silently fall back to a default. It applies defaults but does
-// not validate: overrides from flags come first.
+// key cannot silently fall back to a default. It neither defaults nor
+// validates: callers apply flag overrides, then SetDefaults, then Validate.
 func Parse(data []byte, source string) (*Config, error) {
 	var cfg Config
 	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
