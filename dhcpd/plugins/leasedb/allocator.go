@@ -71,7 +71,8 @@ type allocator struct {
 	excluded     map[netip.Addr]bool
 	reservations map[string]Reservation // by MAC
 	reservedIPs  map[netip.Addr]bool
-	size         int // leasable addresses: pools minus exclusions and reservations
+	size         int // the pools' addresses minus exclusions (reservations included)
+	fixed        int // bits set for exclusions and reservations, never for leases
 
 	byIP     map[netip.Addr]*entry
 	byClient map[string]*entry
@@ -115,13 +116,16 @@ func newAllocator(opts *Options) (*allocator, error) {
 	for _, ip := range opts.Exclude {
 		if p := a.poolFor(ip); p != nil && p.take(ip) {
 			a.size--
+			a.fixed++
 		}
 		a.excluded[ip] = true
 	}
 	for _, r := range opts.Reservations {
 		a.reservations[r.MAC.String()] = r
+		// A reserved address stays part of its pool's numbers (it is used
+		// while its client holds it) but is never handed out dynamically.
 		if p := a.poolFor(r.IP); p != nil && p.take(r.IP) {
-			a.size--
+			a.fixed++
 		}
 		a.reservedIPs[r.IP] = true
 	}
@@ -154,22 +158,27 @@ func (a *allocator) covered(e *entry) bool {
 // taken reports whether a leasable ip is unavailable.
 func (a *allocator) taken(ip netip.Addr) bool { return a.poolFor(ip).isTaken(ip) }
 
+// inPool reports whether ip counts in the pools' numbers.
+func (a *allocator) inPool(ip netip.Addr) bool { return a.poolFor(ip) != nil && !a.excluded[ip] }
+
 // account adds (sign 1) or removes (sign -1) e from the counters and the
 // bitmap.
 func (a *allocator) account(e *entry, sign int) {
 	if !e.held() {
 		return
 	}
-	if !a.leasable(e.IP) {
+	switch {
+	case !a.inPool(e.IP):
 		if !a.covered(e) {
 			a.outside += sign
 		}
-		return
-	}
-	if e.State == StateDeclined {
+	case e.State == StateDeclined:
 		a.declined += sign
-	} else {
+	default:
 		a.used += sign
+	}
+	if !a.leasable(e.IP) {
+		return // reserved and excluded addresses are taken in the bitmap for good
 	}
 	if sign > 0 {
 		a.poolFor(e.IP).take(e.IP)
@@ -441,7 +450,7 @@ func preferRow(a, b *Lease) bool {
 	return a.Expires.After(b.Expires)
 }
 
-// stats counts the leasable addresses.
+// stats counts the addresses of the pools.
 func (a *allocator) stats() Stats {
 	return Stats{
 		Size:        int64(a.size),
@@ -457,7 +466,7 @@ func (a *allocator) stats() Stats {
 // operation keeps up to date incrementally. Tests and the fuzz targets call
 // it after each step.
 func (a *allocator) audit() error {
-	var used, declined, outside, queued int
+	var used, declined, outside, queued, leased int
 	for ip, e := range a.byIP {
 		switch {
 		case e.IP != ip:
@@ -473,8 +482,11 @@ func (a *allocator) audit() error {
 			continue
 		}
 		queued++
+		if a.leasable(ip) {
+			leased++
+		}
 		switch {
-		case !a.leasable(ip):
+		case !a.inPool(ip):
 			if !a.covered(e) {
 				outside++
 			}
@@ -500,16 +512,8 @@ func (a *allocator) audit() error {
 	for _, p := range a.pools {
 		taken += p.taken
 	}
-	if reservedOrExcluded := taken - used - declined; a.size+reservedOrExcluded != a.poolSize() {
-		return fmt.Errorf("bitmaps hold %d addresses, %d more than the leases", taken, reservedOrExcluded)
+	if taken != a.fixed+leased {
+		return fmt.Errorf("bitmaps hold %d addresses; exclusions, reservations and leases account for %d", taken, a.fixed+leased)
 	}
 	return nil
-}
-
-func (a *allocator) poolSize() int {
-	n := 0
-	for _, p := range a.pools {
-		n += p.size
-	}
-	return n
 }

@@ -478,9 +478,10 @@ func (r *rateLimit) Allow(now time.Time) bool {
 	return true
 }
 
-// Stats counts the leasable addresses of the pools.
+// Stats counts the addresses of the pools.
 type Stats struct {
-	// Size is the pools' addresses minus exclusions and reservations.
+	// Size is the pools' addresses minus exclusions; reserved addresses
+	// inside a pool count, and are used while their client holds them.
 	Size int64
 	// Used are offered or bound; Quarantined were declined; Free is the rest.
 	Used, Quarantined, Free int64

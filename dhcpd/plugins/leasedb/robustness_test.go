@@ -290,3 +290,14 @@ func TestNAKsSayWhy(t *testing.T) {
 	}
 	assert.Equal(t, []string{NakNotOnNetwork, NakOutsidePools, NakInUse, NakOtherAddress}, observer.reasons)
 }
+
+func TestReservedAddressInAPoolCountsAsUsedWhileHeld(t *testing.T) {
+	h, _ := newFaultyHarness(t, func(o *Options) {
+		o.Reservations = []Reservation{{MAC: mac(9), IP: netip.MustParseAddr("192.168.50.105")}}
+	})
+	assert.Equal(t, Stats{Size: 10, Free: 10}, h.db.Stats())
+	assert.Equal(t, netip.MustParseAddr("192.168.50.105"), h.dora(mac(9)))
+	h.dora(mac(1))
+	assert.Equal(t, Stats{Size: 10, Used: 2, Free: 8}, h.db.Stats(), "two clients hold two pool addresses")
+	require.NoError(t, h.db.Audit())
+}
