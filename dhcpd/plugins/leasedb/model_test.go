@@ -202,7 +202,7 @@ func (m *modelRun) ack(c int, ip netip.Addr) {
 }
 
 func (m *modelRun) doStep() {
-	op := m.next() % 12
+	op := m.next() % 13
 	c := int(m.next()) % modelClients
 	id := identity(c)
 	switch op {
@@ -302,6 +302,16 @@ func (m *modelRun) doStep() {
 		d := []time.Duration{time.Second, 20 * time.Second, 31 * time.Second, 10 * time.Minute, 61 * time.Minute}[m.next()%5]
 		m.trace = append(m.trace, fmt.Sprintf("clock +%s", d))
 		m.advance(d)
+	case 12: // INFORM: options only, and no lease changes hands
+		m.trace = append(m.trace, fmt.Sprintf("INFORM client %d", c))
+		before := m.h.db.Stats()
+		reply := m.packet(dhcpv4.MessageTypeInform, c, dhcpv4.WithClientIP(net.IPv4(192, 168, 50, 77)))
+		if reply == nil || !reply.YourIPAddr.IsUnspecified() || reply.Options.Has(dhcpv4.OptionIPAddressLeaseTime) {
+			m.failf("INFORM must get options without an address or lease time: %v", reply)
+		}
+		if after := m.h.db.Stats(); after != before {
+			m.failf("INFORM changed the pool: %+v -> %+v", before, after)
+		}
 	case 11: // a restart, sometimes with an edited configuration
 		config := int(m.next()) % len(modelConfigs)
 		m.trace = append(m.trace, fmt.Sprintf("restart with %q", modelConfigs[config].name))
