@@ -171,4 +171,3 @@ func verdictName(al allocation) string {
 	}
 	return al.reason
 }
-
