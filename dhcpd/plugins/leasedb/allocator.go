@@ -1,6 +1,7 @@
 package leasedb
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/netip"
@@ -14,13 +15,19 @@ type entry struct {
 	Lease
 	queueIndex int
 	version    uint64
+	// counted is the counter account last added the entry to, so that
+	// taking it out again subtracts the same, whatever changed meanwhile.
+	counted *int
 }
 
 // client is who sends a packet: the key its lease is filed under and its
-// hardware address (for reservations and the stored row).
+// hardware address (for reservations and the stored row), and what a
+// Resolver knows of it: a host name and a pinned address.
 type client struct {
-	id  string
-	mac net.HardwareAddr
+	id       string
+	mac      net.HardwareAddr
+	hostname string
+	pin      netip.Addr
 }
 
 // requestKind is the client state a REQUEST comes from (RFC 2131 4.3.2).
@@ -71,8 +78,11 @@ type allocator struct {
 	excluded     map[netip.Addr]bool
 	reservations map[string]Reservation // by MAC
 	reservedIPs  map[netip.Addr]bool
-	size         int // the pools' addresses minus exclusions (reservations included)
-	fixed        int // bits set for exclusions and reservations, never for leases
+	// pinnedBy names the identity an address is pinned to, if any; pinned
+	// addresses are never handed out to anyone else.
+	pinnedBy func(netip.Addr) (string, bool)
+	size     int // the pools' addresses minus exclusions (reservations included)
+	fixed    int // bits set for exclusions and reservations, never for leases
 
 	byIP     map[netip.Addr]*entry
 	byClient map[string]*entry
@@ -99,6 +109,10 @@ func newAllocator(opts *Options) (*allocator, error) {
 		reservedIPs:  map[netip.Addr]bool{},
 		byIP:         map[netip.Addr]*entry{},
 		byClient:     map[string]*entry{},
+		pinnedBy:     func(netip.Addr) (string, bool) { return "", false },
+	}
+	if opts.Resolver != nil {
+		a.pinnedBy = opts.Resolver.PinnedBy
 	}
 	for _, r := range opts.Pools {
 		p, err := newAddressPool(r)
@@ -151,6 +165,9 @@ func (a *allocator) covered(e *entry) bool {
 	if a.leasable(e.IP) || e.State == StateDeclined && a.server.Masked().Contains(e.IP) {
 		return true
 	}
+	if owner, ok := a.pinnedBy(e.IP); ok && owner == e.ClientID {
+		return true
+	}
 	r, ok := a.reservations[e.MAC.String()]
 	return ok && e.MAC != nil && r.IP == e.IP
 }
@@ -167,15 +184,25 @@ func (a *allocator) account(e *entry, sign int) {
 	if !e.held() {
 		return
 	}
-	switch {
-	case !a.inPool(e.IP):
-		if !a.covered(e) {
-			a.outside += sign
+	if sign < 0 {
+		if e.counted != nil {
+			*e.counted--
 		}
-	case e.State == StateDeclined:
-		a.declined += sign
-	default:
-		a.used += sign
+		e.counted = nil
+	} else {
+		switch {
+		case !a.inPool(e.IP):
+			if !a.covered(e) {
+				e.counted = &a.outside
+			}
+		case e.State == StateDeclined:
+			e.counted = &a.declined
+		default:
+			e.counted = &a.used
+		}
+		if e.counted != nil {
+			*e.counted++
+		}
 	}
 	if !a.leasable(e.IP) {
 		return // reserved and excluded addresses are taken in the bitmap for good
@@ -267,7 +294,7 @@ func (a *allocator) place(c client, ip netip.Addr, hostname string, state State,
 	}
 	a.byClient[c.id] = e
 	a.account(e, -1) // the MAC decides whether a reserved address is covered
-	e.MAC, e.Hostname = c.mac, hostname
+	e.MAC, e.Hostname = c.mac, cmp.Or(hostname, c.hostname)
 	a.account(e, 1)
 	a.set(e, state, expires)
 	return e
@@ -294,17 +321,26 @@ func (a *allocator) discover(c client, requested netip.Addr, now time.Time) (*en
 		}
 		return a.offerTo(c, r.IP, r.Hostname, now), ""
 	}
-	if e := a.byClient[c.id]; e != nil && a.leasable(e.IP) {
+	if a.pinUsable(c) {
+		return a.offerTo(c, c.pin, "", now), ""
+	}
+	if e := a.byClient[c.id]; e != nil && a.leasable(e.IP) && !a.pinnedToOther(e.IP, c) {
 		if e.held() || !a.taken(e.IP) {
 			return a.offerTo(c, e.IP, "", now), ""
 		}
 	}
-	if requested.IsValid() && a.leasable(requested) && !a.taken(requested) {
+	if requested.IsValid() && a.leasable(requested) && !a.taken(requested) && !a.pinnedToOther(requested, c) {
 		return a.offerTo(c, requested, "", now), ""
 	}
 	for _, p := range a.pools {
-		if ip, ok := p.nextFree(); ok {
-			return a.offerTo(c, ip, "", now), ""
+		for range p.size - p.taken {
+			ip, ok := p.nextFree()
+			if !ok {
+				break
+			}
+			if !a.pinnedToOther(ip, c) {
+				return a.offerTo(c, ip, "", now), ""
+			}
 		}
 	}
 	// Offers to clients that never asked for them must not starve one that
@@ -317,6 +353,25 @@ func (a *allocator) discover(c client, requested netip.Addr, now time.Time) (*en
 	return nil, DropPoolExhausted
 }
 
+// pinnedToOther reports whether ip is pinned to someone other than c.
+func (a *allocator) pinnedToOther(ip netip.Addr, c client) bool {
+	owner, ok := a.pinnedBy(ip)
+	return ok && owner != c.id
+}
+
+// pinUsable reports whether c's pinned address can be given to it: inside
+// the subnet, not the server's, excluded or reserved, and held by nobody
+// else. A pin that cannot be used is ignored and the client is served from
+// the pools; the Resolver reports why.
+func (a *allocator) pinUsable(c client) bool {
+	switch {
+	case !c.pin.IsValid(), !a.server.Masked().Contains(c.pin), c.pin == a.server.Addr(), a.excluded[c.pin], a.reservedIPs[c.pin]:
+		return false
+	}
+	holder := a.byIP[c.pin]
+	return holder == nil || !holder.held() || holder.ClientID == c.id
+}
+
 // request decides a REQUEST for target. An ACK is recorded in the log; the
 // caller must not answer before the log up to it is durable, and must call
 // revert if it cannot be made so.
@@ -324,26 +379,33 @@ func (a *allocator) request(c client, target netip.Addr, kind requestKind, now t
 	a.expire(now)
 	known := a.byClient[c.id]
 	r, reserved := a.reservations[c.mac.String()]
-	if kind == initReboot && known == nil && !reserved {
+	if kind == initReboot && known == nil && !reserved && !a.pinUsable(c) {
 		// RFC 2131 4.3.2: no record of this client, so stay silent and let
 		// a server that knows it answer.
 		return allocation{verdict: silent, reason: DropUnknownClient}
 	}
 	hostname := ""
+	pinned := !reserved && a.pinUsable(c)
 	switch {
 	case reserved:
 		if r.IP != target {
 			return allocation{verdict: nak, reason: NakReservation}
 		}
 		hostname = r.Hostname
+	case pinned:
+		if c.pin != target {
+			return allocation{verdict: nak, reason: NakPinned}
+		}
 	case !a.leasable(target):
 		return allocation{verdict: nak, reason: NakOutsidePools}
+	case a.pinnedToOther(target, c):
+		return allocation{verdict: nak, reason: NakInUse}
 	}
 	holder := a.byIP[target]
 	switch {
 	case holder != nil && holder.held() && holder.ClientID != c.id:
 		return allocation{verdict: nak, reason: NakInUse}
-	case !reserved && kind == initReboot && known.IP != target && (holder == nil || !holder.held()):
+	case !reserved && !pinned && kind == initReboot && known.IP != target && (holder == nil || !holder.held()):
 		return allocation{verdict: nak, reason: NakOtherAddress}
 	}
 	var before *Lease

@@ -67,12 +67,38 @@ type Options struct {
 	// IdentifyByMAC keys leases by hardware address even when a client
 	// sends option 61 (Kea's match-client-id false).
 	IdentifyByMAC bool
-	Store         Store
+	// Resolver, when set, says who a MAC belongs to (a VM), which then
+	// outranks option 61 and the MAC as the lease key.
+	Resolver Resolver
+	// OnlyKnown drops packets from MACs the Resolver does not know.
+	OnlyKnown bool
+	Store     Store
 	// Now is the clock; nil means time.Now. Tests inject their own.
 	Now    func() time.Time
 	Logger *slog.Logger
 	// Observer receives events for metrics; nil ignores them.
 	Observer Observer
+}
+
+// Identity is who a client is, as a Resolver knows it.
+type Identity struct {
+	// Key files the lease: stable across the client's restarts, moves and
+	// MAC changes (for a VM: namespace, name and interface).
+	Key string
+	// Hostname is sent as option 12.
+	Hostname string
+	// Pin is an address the client must get, if it can be given.
+	Pin netip.Addr
+}
+
+// Resolver tells the plugin who sends a packet. It answers from memory:
+// the packet path never waits on it.
+type Resolver interface {
+	// Resolve returns the identity mac belongs to; false when none.
+	Resolve(mac net.HardwareAddr) (Identity, bool)
+	// PinnedBy returns the key of the identity ip is pinned to; false when
+	// the address is pinned to nobody.
+	PinnedBy(ip netip.Addr) (string, bool)
 }
 
 // Observer is told what the plugin did, for metrics.
@@ -103,6 +129,7 @@ const (
 	DropUnsupported    = "unsupported_message_type"
 	DropUnknownClient  = "init_reboot_from_unknown_client"
 	DropForeignRelay   = "relay_outside_subnet"
+	DropUnknownMAC     = "unknown_mac"
 )
 
 // Reasons passed to Observer.Refused; each NAK says its reason in option 56.
@@ -112,6 +139,7 @@ const (
 	NakInUse        = "in_use"
 	NakOtherAddress = "other_address"
 	NakReservation  = "not_reservation"
+	NakPinned       = "not_pinned_address"
 )
 
 var nakMessages = map[string]string{
@@ -120,6 +148,7 @@ var nakMessages = map[string]string{
 	NakInUse:        "address is in use by another client",
 	NakOtherAddress: "the client's lease is for another address",
 	NakReservation:  "address is not this client's reservation",
+	NakPinned:       "address is not the one pinned to this client",
 }
 
 // LeaseDB is the leasedb plugin: it translates packets for the allocator,
@@ -129,6 +158,8 @@ type LeaseDB struct {
 	server        netip.Prefix
 	leaseTime     time.Duration
 	identifyByMAC bool
+	resolver      Resolver
+	onlyKnown     bool
 	now           func() time.Time
 	log           *slog.Logger
 	observer      Observer
@@ -160,6 +191,8 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 		server:        opts.Server,
 		leaseTime:     alloc.leaseTime,
 		identifyByMAC: opts.IdentifyByMAC,
+		resolver:      opts.Resolver,
+		onlyKnown:     opts.OnlyKnown,
 		now:           opts.Now,
 		log:           opts.Logger,
 		observer:      opts.Observer,
@@ -237,17 +270,29 @@ func (db *LeaseDB) Check(timeout time.Duration) error {
 	return nil
 }
 
-// clientOf identifies the sender: option 61 when present (unless leases are
-// keyed by MAC), else chaddr.
-func (db *LeaseDB) clientOf(req *dhcpv4.DHCPv4) client {
+// clientOf identifies the sender: by its Resolver identity when it has
+// one, else option 61 when present (unless leases are keyed by MAC), else
+// chaddr. It returns false (and counts the drop) for a MAC the Resolver does
+// not know when only known clients are served.
+func (db *LeaseDB) clientOf(req *dhcpv4.DHCPv4) (client, bool) {
 	c := client{mac: req.ClientHWAddr, id: "hw:" + req.ClientHWAddr.String()}
+	if db.resolver != nil {
+		if who, ok := db.resolver.Resolve(req.ClientHWAddr); ok {
+			c.id, c.hostname, c.pin = who.Key, who.Hostname, who.Pin
+			return c, true
+		}
+		if db.onlyKnown {
+			db.observer.Dropped(DropUnknownMAC)
+			return c, false
+		}
+	}
 	if db.identifyByMAC {
-		return c
+		return c, true
 	}
 	if id := req.GetOneOption(dhcpv4.OptionClientIdentifier); len(id) > 0 {
 		c.id = "id:" + hex.EncodeToString(id)
 	}
-	return c
+	return c, true
 }
 
 func addrOf(ip net.IP) (netip.Addr, bool) {
@@ -290,7 +335,10 @@ func (db *LeaseDB) Handler4(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 }
 
 func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
-	c := db.clientOf(req)
+	c, known := db.clientOf(req)
+	if !known {
+		return nil, true
+	}
 	requested, _ := addrOf(req.RequestedIPAddress())
 	var offered Lease
 	var reason string
@@ -315,7 +363,10 @@ func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 }
 
 func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
-	c := db.clientOf(req)
+	c, known := db.clientOf(req)
+	if !known {
+		return nil, true
+	}
 	serverID, hasServerID := addrOf(req.ServerIdentifier())
 	requested, hasRequested := addrOf(req.RequestedIPAddress())
 	ciaddr, hasCiaddr := addrOf(req.ClientIPAddr)
@@ -385,7 +436,10 @@ func (db *LeaseDB) release(req *dhcpv4.DHCPv4) {
 	if db.forOtherServer(req) {
 		return
 	}
-	c := db.clientOf(req)
+	c, ok := db.clientOf(req)
+	if !ok {
+		return
+	}
 	ciaddr, _ := addrOf(req.ClientIPAddr)
 	var known bool
 	ticket := db.locked(func(now time.Time) { known = db.alloc.release(c, ciaddr, now) })
@@ -409,7 +463,10 @@ func (db *LeaseDB) decline(req *dhcpv4.DHCPv4) {
 	if db.forOtherServer(req) {
 		return
 	}
-	c := db.clientOf(req)
+	c, ok := db.clientOf(req)
+	if !ok {
+		return
+	}
 	declined, _ := addrOf(req.RequestedIPAddress())
 	var known bool
 	ticket := db.locked(func(now time.Time) { known = db.alloc.decline(c, declined, now) })

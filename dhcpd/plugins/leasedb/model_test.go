@@ -390,7 +390,8 @@ func (m *modelRun) check() {
 // clientKey is the lease key the plugin files model client c under.
 func clientKey(c int) string {
 	req, _ := dhcpv4.New(append([]dhcpv4.Modifier{dhcpv4.WithHwAddr(modelMAC(c))}, clientMods(c)...)...)
-	return (&LeaseDB{}).clientOf(req).id
+	who, _ := (&LeaseDB{}).clientOf(req)
+	return who.id
 }
 
 // finish lets everything lapse and checks that the whole pool can be leased again.
