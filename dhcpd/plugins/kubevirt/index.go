@@ -43,6 +43,7 @@ type Index struct {
 	network Network
 
 	mu    sync.RWMutex
+	objs  map[types.NamespacedName]*kubevirtv1.VirtualMachineInstance
 	vmis  map[types.NamespacedName][]nic // what each VMI contributed, to take it out again
 	vmPin map[types.NamespacedName]map[string]string
 	byMAC map[string]leasedb.Identity
@@ -55,6 +56,7 @@ type Index struct {
 func NewIndex(network Network) *Index {
 	return &Index{
 		network: network,
+		objs:    map[types.NamespacedName]*kubevirtv1.VirtualMachineInstance{},
 		vmis:    map[types.NamespacedName][]nic{},
 		vmPin:   map[types.NamespacedName]map[string]string{},
 		byMAC:   map[string]leasedb.Identity{},
@@ -98,36 +100,47 @@ func (x *Index) Len() int {
 }
 
 // SetVMI adds or replaces what vmi says about its interfaces on the network.
+// The index keeps vmi: the caller must not change it afterwards.
 func (x *Index) SetVMI(vmi *kubevirtv1.VirtualMachineInstance) {
 	name := types.NamespacedName{Namespace: vmi.Namespace, Name: vmi.Name}
-	nics := x.nicsOf(vmi)
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.remove(name)
-	x.vmis[name] = nics
-	x.add(nics)
+	x.objs[name] = vmi
+	x.reindex(name)
 }
 
 // DeleteVMI forgets a VMI.
 func (x *Index) DeleteVMI(namespace, name string) {
+	key := types.NamespacedName{Namespace: namespace, Name: name}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.remove(types.NamespacedName{Namespace: namespace, Name: name})
+	delete(x.objs, key)
+	x.remove(key)
 }
 
 // SetVMPins records the pin annotations of a VirtualMachine, which apply to
-// its VMI when the VMI has none of its own; they take effect when the VMI
-// is (re)indexed.
+// its VMI's interfaces that have none of their own.
 func (x *Index) SetVMPins(namespace, name string, annotations map[string]string) {
 	pins := pinAnnotations(annotations)
+	key := types.NamespacedName{Namespace: namespace, Name: name}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	key := types.NamespacedName{Namespace: namespace, Name: name}
 	if len(pins) == 0 {
 		delete(x.vmPin, key)
-		return
+	} else {
+		x.vmPin[key] = pins
 	}
-	x.vmPin[key] = pins
+	x.reindex(key)
+}
+
+// reindex recomputes what the VMI name contributes; with mu held.
+func (x *Index) reindex(name types.NamespacedName) {
+	x.remove(name)
+	if vmi := x.objs[name]; vmi != nil {
+		nics := x.nicsOf(vmi, x.vmPin[name])
+		x.vmis[name] = nics
+		x.add(nics)
+	}
 }
 
 func pinAnnotations(annotations map[string]string) map[string]string {
@@ -178,7 +191,7 @@ func (x *Index) add(nics []nic) {
 }
 
 // nicsOf reads the interfaces of vmi that are on the network.
-func (x *Index) nicsOf(vmi *kubevirtv1.VirtualMachineInstance) []nic {
+func (x *Index) nicsOf(vmi *kubevirtv1.VirtualMachineInstance, vmPins map[string]string) []nic {
 	onNetwork := map[string]bool{}
 	for _, n := range vmi.Spec.Networks {
 		if n.Multus != nil && x.isOurs(vmi.Namespace, n.Multus.NetworkName) {
@@ -189,9 +202,6 @@ func (x *Index) nicsOf(vmi *kubevirtv1.VirtualMachineInstance) []nic {
 		return nil
 	}
 	pins := pinAnnotations(vmi.Annotations)
-	x.mu.RLock()
-	vmPins := x.vmPin[types.NamespacedName{Namespace: vmi.Namespace, Name: vmi.Name}]
-	x.mu.RUnlock()
 	var out []nic
 	var names []string // out[i] is interface names[i]
 	for _, iface := range vmi.Spec.Domain.Devices.Interfaces {

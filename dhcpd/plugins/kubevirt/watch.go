@@ -1,0 +1,238 @@
+package kubevirt
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	kubevirtv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Watcher keeps an Index current from an informer cache of the VMIs and
+// VMs in the served namespaces. Packets never wait for it: they read the
+// index, which holds the last state seen even while the API is away.
+type Watcher struct {
+	index *Index
+	cache cache.Cache
+	log   *slog.Logger
+	// degraded holds the last watch error until the watches recover.
+	degraded atomic.Pointer[string]
+}
+
+// NewWatcher prepares the informers for namespaces (nil or empty: all
+// namespaces). It makes no API call, so it works while the API is down.
+func NewWatcher(cfg *rest.Config, index *Index, namespaces []string, log *slog.Logger) (*Watcher, error) {
+	scheme := runtime.NewScheme()
+	if err := kubevirtv1.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("register KubeVirt types: %w", err)
+	}
+	// A static mapping: the default one asks the API's discovery, which
+	// would make starting without the API impossible.
+	mapper := meta.NewDefaultRESTMapper([]schema.GroupVersion{kubevirtv1.SchemeGroupVersion})
+	mapper.Add(kubevirtv1.VirtualMachineInstanceGroupVersionKind, meta.RESTScopeNamespace)
+	mapper.Add(kubevirtv1.VirtualMachineGroupVersionKind, meta.RESTScopeNamespace)
+	var perNamespace map[string]cache.Config
+	if len(namespaces) > 0 {
+		perNamespace = map[string]cache.Config{}
+		for _, ns := range namespaces {
+			perNamespace[ns] = cache.Config{}
+		}
+	}
+	w := &Watcher{index: index, log: log}
+	c, err := cache.New(cfg, cache.Options{
+		Scheme:            scheme,
+		Mapper:            mapper,
+		DefaultNamespaces: perNamespace,
+		ByObject: map[client.Object]cache.ByObject{
+			&kubevirtv1.VirtualMachineInstance{}: {Transform: stripVMI},
+			&kubevirtv1.VirtualMachine{}:         {Transform: stripVM},
+		},
+		DefaultWatchErrorHandler: func(ctx context.Context, r *toolscache.Reflector, err error) {
+			msg := err.Error()
+			if w.degraded.Swap(&msg) == nil {
+				log.Warn("cannot watch KubeVirt objects; answering from the last state seen", "error", err)
+			}
+			toolscache.DefaultWatchErrorHandler(ctx, r, err)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("KubeVirt cache: %w", err)
+	}
+	w.cache = c
+	return w, nil
+}
+
+// Start runs the informers until ctx ends and waits up to syncTimeout for
+// their first list. It returns false when they did not sync in time; they
+// keep trying, and the index fills when the API answers.
+func (w *Watcher) Start(ctx context.Context, syncTimeout time.Duration) (bool, error) {
+	vmis, err := w.cache.GetInformer(ctx, &kubevirtv1.VirtualMachineInstance{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return false, fmt.Errorf("VMI informer: %w", err)
+	}
+	vms, err := w.cache.GetInformer(ctx, &kubevirtv1.VirtualMachine{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return false, fmt.Errorf("VM informer: %w", err)
+	}
+	if _, err := vmis.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { w.setVMI(obj) },
+		UpdateFunc: func(_, obj any) { w.setVMI(obj) },
+		DeleteFunc: func(obj any) {
+			if v, ok := unwrap(obj).(*kubevirtv1.VirtualMachineInstance); ok {
+				w.index.DeleteVMI(v.Namespace, v.Name)
+			}
+		},
+	}); err != nil {
+		return false, err
+	}
+	if _, err := vms.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { w.setVM(obj) },
+		UpdateFunc: func(_, obj any) { w.setVM(obj) },
+		DeleteFunc: func(obj any) {
+			if v, ok := unwrap(obj).(*kubevirtv1.VirtualMachine); ok {
+				w.index.SetVMPins(v.Namespace, v.Name, nil)
+			}
+		},
+	}); err != nil {
+		return false, err
+	}
+	go func() {
+		if err := w.cache.Start(ctx); err != nil {
+			w.log.Error("KubeVirt informers stopped", "error", err)
+		}
+	}()
+	syncCtx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	synced := w.cache.WaitForCacheSync(syncCtx)
+	if synced {
+		w.degraded.Store(nil)
+	} else {
+		msg := fmt.Sprintf("the first list of KubeVirt objects did not complete within %s", syncTimeout)
+		w.degraded.CompareAndSwap(nil, &msg)
+		go func() {
+			// The informers keep trying; degraded ends when they get through.
+			if w.cache.WaitForCacheSync(ctx) {
+				w.degraded.Store(nil)
+				w.log.Info("KubeVirt objects listed; serving VMs from the API again")
+			}
+		}()
+	}
+	return synced, nil
+}
+
+// Degraded returns the last watch error, if the watches have not recovered
+// since; "" when they are fine.
+func (w *Watcher) Degraded() string {
+	if msg := w.degraded.Load(); msg != nil {
+		return *msg
+	}
+	return ""
+}
+
+func (w *Watcher) setVMI(obj any) {
+	if v, ok := obj.(*kubevirtv1.VirtualMachineInstance); ok {
+		w.degraded.Store(nil) // an event arrived: the watch works
+		w.index.SetVMI(v)
+	}
+}
+
+func (w *Watcher) setVM(obj any) {
+	v, ok := obj.(*kubevirtv1.VirtualMachine)
+	if !ok {
+		return
+	}
+	w.degraded.Store(nil)
+	pins := maps.Clone(v.Annotations)
+	if v.Spec.Template != nil {
+		// The template's annotations reach the VMI itself; the VM's own
+		// annotations are the ones a VMI does not carry.
+		for k, val := range v.Spec.Template.ObjectMeta.Annotations {
+			if _, set := pins[k]; !set {
+				if pins == nil {
+					pins = map[string]string{}
+				}
+				pins[k] = val
+			}
+		}
+	}
+	w.index.SetVMPins(v.Namespace, v.Name, pins)
+}
+
+func unwrap(obj any) any {
+	if t, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		return t.Obj
+	}
+	return obj
+}
+
+// ours keeps only the pin annotations.
+func ours(annotations map[string]string) map[string]string {
+	var out map[string]string
+	for k, v := range annotations {
+		if strings.HasPrefix(k, PinAnnotationPrefix) {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// stripVMI keeps what the index reads, so that 10,000 VMIs cost little
+// memory. It must be idempotent: the cache may call it again on its output.
+func stripVMI(in any) (any, error) {
+	v, ok := in.(*kubevirtv1.VirtualMachineInstance)
+	if !ok {
+		return in, nil
+	}
+	out := &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{
+		Name: v.Name, Namespace: v.Namespace, UID: v.UID, ResourceVersion: v.ResourceVersion,
+		DeletionTimestamp: v.DeletionTimestamp, Annotations: ours(v.Annotations),
+	}}
+	for _, i := range v.Spec.Domain.Devices.Interfaces {
+		out.Spec.Domain.Devices.Interfaces = append(out.Spec.Domain.Devices.Interfaces,
+			kubevirtv1.Interface{Name: i.Name, MacAddress: i.MacAddress})
+	}
+	for _, n := range v.Spec.Networks {
+		if n.Multus != nil {
+			out.Spec.Networks = append(out.Spec.Networks, kubevirtv1.Network{Name: n.Name,
+				NetworkSource: kubevirtv1.NetworkSource{Multus: &kubevirtv1.MultusNetwork{NetworkName: n.Multus.NetworkName}}})
+		}
+	}
+	for _, s := range v.Status.Interfaces {
+		out.Status.Interfaces = append(out.Status.Interfaces,
+			kubevirtv1.VirtualMachineInstanceNetworkInterface{Name: s.Name, MAC: s.MAC})
+	}
+	return out, nil
+}
+
+// stripVM keeps the VM's pin annotations and its template's.
+func stripVM(in any) (any, error) {
+	v, ok := in.(*kubevirtv1.VirtualMachine)
+	if !ok {
+		return in, nil
+	}
+	out := &kubevirtv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{
+		Name: v.Name, Namespace: v.Namespace, UID: v.UID, ResourceVersion: v.ResourceVersion,
+		Annotations: ours(v.Annotations),
+	}}
+	if v.Spec.Template != nil {
+		out.Spec.Template = &kubevirtv1.VirtualMachineInstanceTemplateSpec{
+			ObjectMeta: metav1.ObjectMeta{Annotations: ours(v.Spec.Template.ObjectMeta.Annotations)}}
+	}
+	out.Status.PrintableStatus = v.Status.PrintableStatus
+	return out, nil
+}
