@@ -27,6 +27,7 @@ const (
 	DefaultOfferHold        = 30 * time.Second
 	DefaultDeclineProbation = 10 * time.Minute
 	DefaultStatusInterval   = 10 * time.Second
+	DefaultSyncTimeout      = 30 * time.Second
 )
 
 // Config is the content of hyperdhcpd's configuration file.
@@ -73,6 +74,11 @@ type Kubernetes struct {
 
 	// StatusInterval is the least time between two status updates. Defaults to 10s.
 	StatusInterval *metav1.Duration `json:"statusInterval,omitempty"`
+
+	// SyncTimeout bounds the wait for the first list of KubeVirt objects at
+	// start; without it hyperdhcpd serves the VMs its lease database knows.
+	// Defaults to 30s.
+	SyncTimeout *metav1.Duration `json:"syncTimeout,omitempty"`
 }
 
 // Load reads and decodes the file at path (see Parse); it neither defaults
@@ -112,6 +118,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Kubernetes != nil && c.Kubernetes.StatusInterval == nil {
 		c.Kubernetes.StatusInterval = &metav1.Duration{Duration: DefaultStatusInterval}
+	}
+	if c.Kubernetes != nil && c.Kubernetes.SyncTimeout == nil {
+		c.Kubernetes.SyncTimeout = &metav1.Duration{Duration: DefaultSyncTimeout}
 	}
 }
 

@@ -268,6 +268,9 @@ func (d *demo) applyServer(ctx context.Context) error {
 			Reservations: []hyperdhcpv1beta1.Reservation{
 				{MAC: hyperdhcpv1beta1.MACAddress(vms[0].mac), IP: hyperdhcpv1beta1.IPv4Address(vms[0].reserved), Hostname: vms[0].name},
 			},
+			// The demo's "VMs" are plain DHCP clients on an API server
+			// without KubeVirt: serve them as such.
+			KubeVirt: &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(false)},
 		},
 	}
 	if err := d.k8s.Create(ctx, server); err != nil {

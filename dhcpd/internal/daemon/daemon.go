@@ -19,8 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/server"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/status"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/kubevirt"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
 )
 
@@ -90,6 +92,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	opts.Store, opts.Logger, opts.Observer = store, log, metrics
 	opts.OfferHold, opts.DeclineProbation = cfg.OfferHold.Duration, cfg.DeclineProbation.Duration
+	vms, err := watchVMs(ctx, cfg, log)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	if vms != nil {
+		opts.Resolver, opts.OnlyKnown = vms.index, *cfg.Server.KubeVirt.OnlyKnownVMs
+		opts.ResolverStale = func() bool { return vms.watcher.Degraded() != "" }
+	}
 	loadStart := time.Now()
 	db, err = leasedb.New(ctx, opts)
 	if err != nil {
@@ -114,7 +125,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return errors.Join(srv.Check(time.Now(), livenessTimeout), db.Check(livenessTimeout))
 	}
 	var ready atomic.Bool
-	stopHTTP, err := serveHTTP(cfg.MetricsAddress, metrics, &ready, live, log)
+	degraded := func() string {
+		if vms == nil {
+			return ""
+		}
+		return vms.watcher.Degraded()
+	}
+	stopHTTP, err := serveHTTP(cfg.MetricsAddress, metrics, &ready, live, degraded, log)
 	if err != nil {
 		return err
 	}
@@ -145,6 +162,45 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	ready.Store(false)
 	log.Info("stopped serving DHCP")
 	return err
+}
+
+// vmWatch is the kubevirt plugin's state: the index packets read and the
+// watcher that keeps it current.
+type vmWatch struct {
+	index   *kubevirt.Index
+	watcher *kubevirt.Watcher
+}
+
+// watchVMs starts the kubevirt plugin when the Server is VM-aware and
+// hyperdhcpd talks to Kubernetes; nil otherwise. Only a configuration
+// error is returned: an unreachable API leaves the watcher trying.
+func watchVMs(ctx context.Context, cfg *config.Config, log *slog.Logger) (*vmWatch, error) {
+	k, kv := cfg.Kubernetes, cfg.Server.KubeVirt
+	if k == nil || kv == nil || kv.Enabled == nil || !*kv.Enabled {
+		return nil, nil
+	}
+	restConfig, err := status.RESTConfig(k.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubevirt: %w", err)
+	}
+	server := &hyperdhcpv1beta1.Server{Spec: cfg.Server}
+	server.Namespace = k.ServerNamespace
+	network := kubevirt.Network{Namespace: server.AttachmentNamespace(), Name: cfg.Server.NetworkAttachment.Name}
+	index := kubevirt.NewIndex(network)
+	watcher, err := kubevirt.NewWatcher(restConfig, index, server.KubeVirtNamespaces(), log)
+	if err != nil {
+		return nil, err
+	}
+	synced, err := watcher.Start(ctx, k.SyncTimeout.Duration)
+	if err != nil {
+		return nil, err
+	}
+	if synced {
+		log.Info("serving KubeVirt VMs", "network", network.Namespace+"/"+network.Name, "namespaces", server.KubeVirtNamespaces(), "macs", index.Len())
+	} else {
+		log.Warn("KubeVirt objects not listed yet: serving the VMs the lease database knows until they are", "reason", watcher.Degraded())
+	}
+	return &vmWatch{index: index, watcher: watcher}, nil
 }
 
 // startStatusReporter keeps the Server's status.pool current. Without an
@@ -218,7 +274,7 @@ func interfaceWith(ip netip.Addr) (string, error) {
 	return "", fmt.Errorf("no network interface has the address %s", ip)
 }
 
-func serveHTTP(addr string, metrics *server.Metrics, ready *atomic.Bool, live func() error, log *slog.Logger) (stop func(), err error) {
+func serveHTTP(addr string, metrics *server.Metrics, ready *atomic.Bool, live func() error, degraded func() string, log *slog.Logger) (stop func(), err error) {
 	if addr == "0" {
 		return func() {}, nil
 	}
@@ -238,6 +294,11 @@ func serveHTTP(addr string, metrics *server.Metrics, ready *atomic.Bool, live fu
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready.Load() {
 			http.Error(w, "not serving yet", http.StatusServiceUnavailable)
+			return
+		}
+		if why := degraded(); why != "" {
+			// Serving, but VMs are answered from the last state seen.
+			http.Error(w, "degraded: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

@@ -3,6 +3,7 @@ package leasedb
 import (
 	"cmp"
 	"fmt"
+	"strings"
 	"net"
 	"net/netip"
 	"time"
@@ -86,6 +87,9 @@ type allocator struct {
 
 	byIP     map[netip.Addr]*entry
 	byClient map[string]*entry
+	// vmByMAC remembers which VM identity a MAC last leased for, so a
+	// restart without the API still knows the VMs (see LeaseDB.clientOf).
+	vmByMAC map[string]string
 	offers   expiryQueue // offered entries; the oldest offer first
 	expiry   expiryQueue // bound and declined entries
 	used     int         // leasable addresses offered or bound
@@ -109,6 +113,7 @@ func newAllocator(opts *Options) (*allocator, error) {
 		reservedIPs:  map[netip.Addr]bool{},
 		byIP:         map[netip.Addr]*entry{},
 		byClient:     map[string]*entry{},
+		vmByMAC:      map[string]string{},
 		pinnedBy:     func(netip.Addr) (string, bool) { return "", false },
 	}
 	if opts.Resolver != nil {
@@ -293,6 +298,7 @@ func (a *allocator) place(c client, ip netip.Addr, hostname string, state State,
 		a.byIP[ip] = e
 	}
 	a.byClient[c.id] = e
+	a.rememberVM(c.id, c.mac)
 	a.account(e, -1) // the MAC decides whether a reserved address is covered
 	e.MAC, e.Hostname = c.mac, cmp.Or(hostname, c.hostname)
 	a.account(e, 1)
@@ -351,6 +357,15 @@ func (a *allocator) discover(c client, requested netip.Addr, now time.Time) (*en
 		return a.offerTo(c, ip, "", now), ""
 	}
 	return nil, DropPoolExhausted
+}
+
+// VMKeyPrefix starts the lease keys of VM interfaces (see the kubevirt plugin).
+const VMKeyPrefix = "vm:"
+
+func (a *allocator) rememberVM(key string, mac net.HardwareAddr) {
+	if strings.HasPrefix(key, VMKeyPrefix) && mac != nil {
+		a.vmByMAC[mac.String()] = key
+	}
 }
 
 // pinnedToOther reports whether ip is pinned to someone other than c.
@@ -500,6 +515,7 @@ func (a *allocator) restore(rows []Lease, now time.Time) {
 			// held until it expires, filed under its address only.
 		}
 		a.byIP[row.IP] = e
+		a.rememberVM(row.ClientID, row.MAC)
 		a.set(e, row.State, row.Expires)
 	}
 }

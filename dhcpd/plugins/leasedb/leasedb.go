@@ -72,6 +72,10 @@ type Options struct {
 	Resolver Resolver
 	// OnlyKnown drops packets from MACs the Resolver does not know.
 	OnlyKnown bool
+	// ResolverStale, when it returns true (the resolver cannot see the
+	// API), lets a MAC the Resolver does not know be served as the VM the
+	// lease database last saw it as, so VMs renew through an API outage.
+	ResolverStale func() bool
 	Store     Store
 	// Now is the clock; nil means time.Now. Tests inject their own.
 	Now    func() time.Time
@@ -160,6 +164,7 @@ type LeaseDB struct {
 	identifyByMAC bool
 	resolver      Resolver
 	onlyKnown     bool
+	resolverStale func() bool
 	now           func() time.Time
 	log           *slog.Logger
 	observer      Observer
@@ -193,6 +198,7 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 		identifyByMAC: opts.IdentifyByMAC,
 		resolver:      opts.Resolver,
 		onlyKnown:     opts.OnlyKnown,
+		resolverStale: opts.ResolverStale,
 		now:           opts.Now,
 		log:           opts.Logger,
 		observer:      opts.Observer,
@@ -281,6 +287,10 @@ func (db *LeaseDB) clientOf(req *dhcpv4.DHCPv4) (client, bool) {
 			c.id, c.hostname, c.pin = who.Key, who.Hostname, who.Pin
 			return c, true
 		}
+		if key, ok := db.storedVM(req.ClientHWAddr); ok {
+			c.id = key
+			return c, true
+		}
 		if db.onlyKnown {
 			db.observer.Dropped(DropUnknownMAC)
 			return c, false
@@ -293,6 +303,18 @@ func (db *LeaseDB) clientOf(req *dhcpv4.DHCPv4) (client, bool) {
 		c.id = "id:" + hex.EncodeToString(id)
 	}
 	return c, true
+}
+
+// storedVM returns the VM identity the lease database knows mac by, while
+// the resolver is stale.
+func (db *LeaseDB) storedVM(mac net.HardwareAddr) (string, bool) {
+	if db.resolverStale == nil || !db.resolverStale() {
+		return "", false
+	}
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	key, ok := db.alloc.vmByMAC[mac.String()]
+	return key, ok
 }
 
 func addrOf(ip net.IP) (netip.Addr, bool) {

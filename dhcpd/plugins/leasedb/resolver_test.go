@@ -92,3 +92,23 @@ func TestPinnedAddresses(t *testing.T) {
 	assert.NotEqual(t, other, got)
 	assert.NoError(t, h.db.Audit())
 }
+
+func TestVMsRenewFromTheDatabaseWhileTheResolverIsStale(t *testing.T) {
+	resolver := &vms{byMAC: map[string]Identity{}}
+	stale := false
+	h, _ := newFaultyHarness(t, func(o *Options) {
+		o.Resolver, o.OnlyKnown, o.ResolverStale = resolver, true, func() bool { return stale }
+	})
+	resolver.set(mac(1), Identity{Key: "vm:lab/web/net1", Hostname: "web"})
+	ip := h.dora(mac(1))
+
+	// The API is gone and the index is empty (a restart without it).
+	resolver.byMAC = map[string]Identity{}
+	renewal := packet(t, dhcpv4.MessageTypeRequest, mac(1), dhcpv4.WithClientIP(net.IP(ip.AsSlice())))
+	assert.Nil(t, h.handle(renewal), "with a working API, a MAC of no VM is not served")
+	stale = true
+	ack := h.handle(renewal)
+	require.NotNil(t, ack, "while the API is away, the VM the database knows renews")
+	assert.Equal(t, dhcpv4.MessageTypeAck, ack.MessageType())
+	assert.Nil(t, h.discover(mac(2)), "an unknown MAC is still not served")
+}
