@@ -3,9 +3,9 @@ package leasedb
 import (
 	"cmp"
 	"fmt"
-	"strings"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -89,7 +89,7 @@ type allocator struct {
 	byClient map[string]*entry
 	// vmByMAC remembers which VM identity a MAC last leased for, so a
 	// restart without the API still knows the VMs (see LeaseDB.clientOf).
-	vmByMAC map[string]string
+	vmByMAC  map[string]string
 	offers   expiryQueue // offered entries; the oldest offer first
 	expiry   expiryQueue // bound and declined entries
 	used     int         // leasable addresses offered or bound

@@ -76,7 +76,7 @@ type Options struct {
 	// API), lets a MAC the Resolver does not know be served as the VM the
 	// lease database last saw it as, so VMs renew through an API outage.
 	ResolverStale func() bool
-	Store     Store
+	Store         Store
 	// Now is the clock; nil means time.Now. Tests inject their own.
 	Now    func() time.Time
 	Logger *slog.Logger
