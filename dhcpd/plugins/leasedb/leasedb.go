@@ -287,8 +287,8 @@ func (db *LeaseDB) clientOf(req *dhcpv4.DHCPv4) (client, bool) {
 			c.id, c.hostname, c.pin = who.Key, who.Hostname, who.Pin
 			return c, true
 		}
-		if key, ok := db.storedVM(req.ClientHWAddr); ok {
-			c.id = key
+		if key, pin, ok := db.storedVM(req.ClientHWAddr); ok {
+			c.id, c.pin = key, pin
 			return c, true
 		}
 		if db.onlyKnown {
@@ -306,15 +306,21 @@ func (db *LeaseDB) clientOf(req *dhcpv4.DHCPv4) (client, bool) {
 }
 
 // storedVM returns the VM identity the lease database knows mac by, while
-// the resolver is stale.
-func (db *LeaseDB) storedVM(mac net.HardwareAddr) (string, bool) {
+// the resolver is stale. A lease the VM holds outside the pools was its
+// pinned address: it stays pinned until the resolver can say otherwise.
+func (db *LeaseDB) storedVM(mac net.HardwareAddr) (key string, pin netip.Addr, ok bool) {
 	if db.resolverStale == nil || !db.resolverStale() {
-		return "", false
+		return "", netip.Addr{}, false
 	}
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	key, ok := db.alloc.vmByMAC[mac.String()]
-	return key, ok
+	if key, ok = db.alloc.vmByMAC[mac.String()]; !ok {
+		return "", netip.Addr{}, false
+	}
+	if e := db.alloc.byClient[key]; e != nil && e.State == StateBound && !db.alloc.leasable(e.IP) {
+		pin = e.IP
+	}
+	return key, pin, true
 }
 
 func addrOf(ip net.IP) (netip.Addr, bool) {

@@ -1,0 +1,205 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
+	kubevirtv1 "kubevirt.io/api/core/v1"
+	crclient "sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/hyperdhcp/hyperdhcp/apis/config"
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/kubevirt"
+)
+
+// startAPIServer starts a control plane of its own for one test (the test
+// may stop it) with the KubeVirt and Server CRDs, and returns a client and
+// a kubeconfig file for hyperdhcpd.
+func startAPIServer(t *testing.T) (*envtest.Environment, crclient.Client, string, string) {
+	t.Helper()
+	require.NotEmpty(t, os.Getenv("KUBEBUILDER_ASSETS"), "KUBEBUILDER_ASSETS is not set: run `make test`")
+	env := &envtest.Environment{
+		CRDDirectoryPaths: []string{
+			filepath.Join("..", "..", "plugins", "kubevirt", "testdata", "crd"),
+			filepath.Join("..", "..", "..", "deploy", "crd"),
+		},
+		ErrorIfCRDPathMissing: true,
+	}
+	env.ControlPlane.GetAPIServer().Configure().
+		Set("advertise-address", "127.0.0.1").
+		Set("endpoint-reconciler-type", "none")
+	cfg, err := env.Start()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = env.Stop() })
+
+	user, err := env.AddUser(envtest.User{Name: "hyperdhcpd", Groups: []string{"system:masters"}}, nil)
+	require.NoError(t, err)
+	kubeconfig, err := user.KubeConfig()
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	require.NoError(t, os.WriteFile(path, kubeconfig, 0o600))
+
+	scheme := kruntime.NewScheme()
+	require.NoError(t, kubevirtv1.AddToScheme(scheme))
+	require.NoError(t, corev1.AddToScheme(scheme))
+	c, err := crclient.New(cfg, crclient.Options{Scheme: scheme})
+	require.NoError(t, err)
+	return env, c, path, cfg.Host
+}
+
+// createVM makes a VirtualMachine (with annotations) and its VMI with one
+// interface on the test bed's network "lab", carrying mac.
+func createVM(t *testing.T, c crclient.Client, name, mac string, annotations map[string]string) *kubevirtv1.VirtualMachineInstance {
+	t.Helper()
+	ctx := context.Background()
+	vm := &kubevirtv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "vms", Name: name, Annotations: annotations}}
+	if err := c.Create(ctx, vm); err != nil {
+		require.NoError(t, c.Get(ctx, crclient.ObjectKeyFromObject(vm), vm), "create VM %s: %v", name, err)
+	}
+	vmi := &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: "vms", Name: name}}
+	vmi.Spec.Networks = []kubevirtv1.Network{{Name: "lab", NetworkSource: kubevirtv1.NetworkSource{
+		Multus: &kubevirtv1.MultusNetwork{NetworkName: "lab"}}}}
+	vmi.Spec.Domain.Devices.Interfaces = []kubevirtv1.Interface{{Name: "lab", MacAddress: mac}}
+	require.NoError(t, c.Create(ctx, vmi))
+	return vmi
+}
+
+// TestVMsGetTheirLeases runs hyperdhcpd against a real API server with
+// KubeVirt's CRDs: VMs on the network are served by identity (pin, host
+// name, a MAC change keeps the address), a MAC of no VM gets nothing, and
+// through an API outage, even across a restart of hyperdhcpd, a known VM
+// renews.
+func TestVMsGetTheirLeases(t *testing.T) {
+	env, k8s, kubeconfig, apiHost := startAPIServer(t)
+	ctx := context.Background()
+	require.NoError(t, k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "vms"}}))
+	createVM(t, k8s, "db", "02:00:5e:80:00:01", map[string]string{kubevirt.PinAnnotationPrefix + "lab": "192.168.50.20"})
+	createVM(t, k8s, "web.1", "02:00:5e:80:00:02", nil)
+
+	b := newTestBed(t, func(c *config.Config) {
+		c.Server.NetworkAttachment.Name = "lab"
+		c.Server.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{"vms"}}
+		c.Kubernetes = &config.Kubernetes{ServerName: "lab", ServerNamespace: "vms", Kubeconfig: kubeconfig,
+			SyncTimeout: &metav1.Duration{Duration: 3 * time.Second}}
+	})
+	cutAPI := forwardAPIServer(t, b.serverNS, apiHost)
+	b.startServer()
+
+	db := &udhcpc{c: b.addClient("02:00:5e:80:00:01")}
+	got := db.obtain()
+	assert.Equal(t, "192.168.50.20", got.IP, "the VM's pin annotation")
+	assert.Equal(t, "db", db.c.events()[len(db.c.events())-1].env["hostname"], "the VM's name as host name")
+
+	web := newDriver("dhclient", b.addClient("02:00:5e:80:00:02"))
+	webLease := web.obtain()
+	inPool(t, webLease.IP)
+
+	// A MAC that belongs to no VM gets no answer.
+	stranger := b.addClient("02:00:5e:80:00:99")
+	out, err := stranger.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", stranger.hook(false), "-t", "3", "-T", "1").CombinedOutput()
+	assert.Error(t, err, "onlyKnownVMs: %s", out)
+	assert.GreaterOrEqual(t, b.metric(`hyperdhcpd_packets_dropped_total{reason="unknown_mac"}`), 1.0)
+
+	// The VM restarts with a new MAC: a new VMI, the same VM, the same address.
+	require.NoError(t, k8s.Delete(ctx, &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: "vms", Name: "web.1"}}))
+	require.Eventually(t, func() bool {
+		return k8s.Get(ctx, crclient.ObjectKey{Namespace: "vms", Name: "web.1"}, &kubevirtv1.VirtualMachineInstance{}) != nil
+	}, 10*time.Second, 100*time.Millisecond)
+	createVM(t, k8s, "web.1", "02:00:5e:80:00:22", nil)
+	moved := newDriver("udhcpc", b.addClient("02:00:5e:80:00:22"))
+	assert.Equal(t, webLease.IP, moved.obtain().IP, "a VM keeps its address across a MAC change")
+
+	// The API server goes away: the pinned VM's renewal is still ACKed...
+	cutAPI()
+	require.NoError(t, env.ControlPlane.APIServer.Stop())
+	assert.Equal(t, "192.168.50.20", db.renew().IP, "renewed from the cache while the API is down")
+	// ... and after a restart of hyperdhcpd without the API, from the lease database.
+	b.stopServer(syscall.SIGTERM)
+	b.startServer()
+	assert.Equal(t, "192.168.50.20", db.renew().IP, "renewed from the lease database after a restart without the API")
+	readyz, _ := exec.Command("ip", "netns", "exec", b.serverNS, "busybox", "wget", "-qO-", "http://127.0.0.1:8067/readyz").CombinedOutput()
+	assert.NotContains(t, string(readyz), "ok", "readiness says degraded")
+}
+
+// forwardAPIServer makes the API server on this host's loopback reachable
+// at the same address inside the server namespace, as the kubernetes
+// Service is from a pod (the certificate names 127.0.0.1). cut ends it and
+// every connection through it: from the namespace, the API is gone.
+func forwardAPIServer(t *testing.T, ns, host string) (cut func()) {
+	t.Helper()
+	u, err := url.Parse(host)
+	require.NoError(t, err)
+	listener := listenInNamespace(t, ns, u.Host)
+	var mu sync.Mutex
+	var conns []net.Conn
+	cut = func() {
+		listener.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	t.Cleanup(cut)
+	go func() {
+		for {
+			conn, err := listener.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, conn)
+			mu.Unlock()
+			go func() {
+				defer conn.Close()
+				upstream, err := net.Dial("tcp", u.Host)
+				if err != nil {
+					return
+				}
+				defer upstream.Close()
+				go func() { _, _ = io.Copy(upstream, conn) }()
+				_, _ = io.Copy(conn, upstream)
+			}()
+		}
+	}()
+	return cut
+}
+
+// listenInNamespace opens a TCP listener inside a network namespace; the
+// socket stays there when the thread returns to its own.
+func listenInNamespace(t *testing.T, ns, addr string) net.Listener {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	self, err := os.Open("/proc/thread-self/ns/net")
+	require.NoError(t, err)
+	defer self.Close()
+	target, err := os.Open("/run/netns/" + ns)
+	require.NoError(t, err)
+	defer target.Close()
+	require.NoError(t, unix.Setns(int(target.Fd()), unix.CLONE_NEWNET))
+	listener, listenErr := net.Listen("tcp", addr)
+	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+		panic(fmt.Sprintf("cannot return to the test's network namespace: %v", err))
+	}
+	require.NoError(t, listenErr)
+	return listener
+}
