@@ -89,7 +89,7 @@ fuzz: ## Fuzz hyperdhcpd's packet handling and the lease allocator against its m
 .PHONY: bench
 bench: ## perfdhcp sweep against hyperdhcpd (root; RATES=, DURATION=) and the Go benchmarks.
 	hack/bench/dhcp.sh
-	cd dhcpd && go test -run '^$$' -bench . -benchmem ./internal/server ./plugins/leasedb
+	cd dhcpd && KUBEBUILDER_ASSETS="$$($(CURDIR)/hack/envtest.sh)" go test -run '^$$' -bench . -benchmem ./internal/server ./plugins/leasedb ./plugins/kubevirt
 	cd operator && KUBEBUILDER_ASSETS="$$($(CURDIR)/hack/envtest.sh)" go test -run '^$$' -bench . -benchtime 1x ./internal/controller
 
 .PHONY: test-module

@@ -50,12 +50,28 @@ func run(m *testing.M) int {
 }
 
 func kubeClient(t *testing.T) client.Client {
-	scheme := runtime.NewScheme()
-	require.NoError(t, kubevirtv1.AddToScheme(scheme))
-	require.NoError(t, corev1.AddToScheme(scheme))
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	c, err := newKubeClient()
 	require.NoError(t, err)
 	return c
+}
+
+func kubeClientB(b *testing.B) client.Client {
+	c, err := newKubeClient()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+func newKubeClient() (client.Client, error) {
+	scheme := runtime.NewScheme()
+	if err := kubevirtv1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	return client.New(cfg, client.Options{Scheme: scheme})
 }
 
 func createNamespace(t *testing.T, c client.Client, name string) {
