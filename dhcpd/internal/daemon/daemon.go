@@ -100,6 +100,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if vms != nil {
 		opts.Resolver, opts.OnlyKnown = vms.index, *cfg.Server.KubeVirt.OnlyKnownVMs
 		opts.ResolverStale = func() bool { return vms.watcher.Degraded() != "" }
+		opts.Notify = vms.reporter.LeaseEvent
+		defer vms.reporter.Close()
 	}
 	loadStart := time.Now()
 	db, err = leasedb.New(ctx, opts)
@@ -167,8 +169,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 // vmWatch is the kubevirt plugin's state: the index packets read and the
 // watcher that keeps it current.
 type vmWatch struct {
-	index   *kubevirt.Index
-	watcher *kubevirt.Watcher
+	index    *kubevirt.Index
+	watcher  *kubevirt.Watcher
+	reporter *kubevirt.Reporter
 }
 
 // watchVMs starts the kubevirt plugin when the Server is VM-aware and
@@ -191,6 +194,11 @@ func watchVMs(ctx context.Context, cfg *config.Config, log *slog.Logger) (*vmWat
 	if err != nil {
 		return nil, err
 	}
+	reporter, err := kubevirt.NewReporter(ctx, restConfig, index)
+	if err != nil {
+		return nil, err
+	}
+	watcher.OnRefused = reporter.PinsRefused
 	synced, err := watcher.Start(ctx, k.SyncTimeout.Duration)
 	if err != nil {
 		return nil, err
@@ -200,7 +208,7 @@ func watchVMs(ctx context.Context, cfg *config.Config, log *slog.Logger) (*vmWat
 	} else {
 		log.Warn("KubeVirt objects not listed yet: serving the VMs the lease database knows until they are", "reason", watcher.Degraded())
 	}
-	return &vmWatch{index: index, watcher: watcher}, nil
+	return &vmWatch{index: index, watcher: watcher, reporter: reporter}, nil
 }
 
 // startStatusReporter keeps the Server's status.pool current. Without an

@@ -100,13 +100,22 @@ func (x *Index) Len() int {
 }
 
 // SetVMI adds or replaces what vmi says about its interfaces on the network.
-// The index keeps vmi: the caller must not change it afterwards.
-func (x *Index) SetVMI(vmi *kubevirtv1.VirtualMachineInstance) {
+// The index keeps vmi: the caller must not change it afterwards. It returns
+// the pins it refused, by identity key.
+func (x *Index) SetVMI(vmi *kubevirtv1.VirtualMachineInstance) map[string]string {
 	name := types.NamespacedName{Namespace: vmi.Namespace, Name: vmi.Name}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.objs[name] = vmi
-	x.reindex(name)
+	return x.reindex(name)
+}
+
+// VMI returns the indexed VMI namespace/name, as the cache stripped it.
+func (x *Index) VMI(namespace, name string) (*kubevirtv1.VirtualMachineInstance, bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	vmi, ok := x.objs[types.NamespacedName{Namespace: namespace, Name: name}]
+	return vmi, ok
 }
 
 // DeleteVMI forgets a VMI.
@@ -119,8 +128,9 @@ func (x *Index) DeleteVMI(namespace, name string) {
 }
 
 // SetVMPins records the pin annotations of a VirtualMachine, which apply to
-// its VMI's interfaces that have none of their own.
-func (x *Index) SetVMPins(namespace, name string, annotations map[string]string) {
+// its VMI's interfaces that have none of their own. It returns the pins it
+// refused, by identity key.
+func (x *Index) SetVMPins(namespace, name string, annotations map[string]string) map[string]string {
 	pins := pinAnnotations(annotations)
 	key := types.NamespacedName{Namespace: namespace, Name: name}
 	x.mu.Lock()
@@ -130,17 +140,30 @@ func (x *Index) SetVMPins(namespace, name string, annotations map[string]string)
 	} else {
 		x.vmPin[key] = pins
 	}
-	x.reindex(key)
+	return x.reindex(key)
 }
 
-// reindex recomputes what the VMI name contributes; with mu held.
-func (x *Index) reindex(name types.NamespacedName) {
+// reindex recomputes what the VMI name contributes and returns the pins it
+// refused; with mu held.
+func (x *Index) reindex(name types.NamespacedName) map[string]string {
 	x.remove(name)
-	if vmi := x.objs[name]; vmi != nil {
-		nics := x.nicsOf(vmi, x.vmPin[name])
-		x.vmis[name] = nics
-		x.add(nics)
+	vmi := x.objs[name]
+	if vmi == nil {
+		return nil
 	}
+	nics := x.nicsOf(vmi, x.vmPin[name])
+	x.vmis[name] = nics
+	x.add(nics)
+	var refused map[string]string
+	for _, n := range nics {
+		if why, ok := x.refused[n.identity.Key]; ok {
+			if refused == nil {
+				refused = map[string]string{}
+			}
+			refused[n.identity.Key] = why
+		}
+	}
+	return refused
 }
 
 func pinAnnotations(annotations map[string]string) map[string]string {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +30,11 @@ type Watcher struct {
 	log   *slog.Logger
 	// degraded holds the last watch error until the watches recover.
 	degraded atomic.Pointer[string]
+	// OnRefused, when set before Start, is told of pins the index refused.
+	OnRefused func(map[string]string)
+
+	mu       sync.Mutex
+	reported map[string]string // refusals reported, by identity key
 }
 
 // NewWatcher prepares the informers for namespaces (nil or empty: all
@@ -50,7 +56,7 @@ func NewWatcher(cfg *rest.Config, index *Index, namespaces []string, log *slog.L
 			perNamespace[ns] = cache.Config{}
 		}
 	}
-	w := &Watcher{index: index, log: log}
+	w := &Watcher{index: index, log: log, reported: map[string]string{}}
 	c, err := cache.New(cfg, cache.Options{
 		Scheme:            scheme,
 		Mapper:            mapper,
@@ -144,7 +150,7 @@ func (w *Watcher) Degraded() string {
 func (w *Watcher) setVMI(obj any) {
 	if v, ok := obj.(*kubevirtv1.VirtualMachineInstance); ok {
 		w.degraded.Store(nil) // an event arrived: the watch works
-		w.index.SetVMI(v)
+		w.refused(w.index.SetVMI(v))
 	}
 }
 
@@ -167,7 +173,27 @@ func (w *Watcher) setVM(obj any) {
 			}
 		}
 	}
-	w.index.SetVMPins(v.Namespace, v.Name, pins)
+	w.refused(w.index.SetVMPins(v.Namespace, v.Name, pins))
+}
+
+// refused reports the refusals that are new: a VMI's status changes often,
+// and each change must not repeat the same complaint.
+func (w *Watcher) refused(refusals map[string]string) {
+	w.mu.Lock()
+	fresh := map[string]string{}
+	for key, why := range refusals {
+		if w.reported[key] != why {
+			fresh[key] = why
+			w.reported[key] = why
+		}
+	}
+	w.mu.Unlock()
+	for key, why := range fresh {
+		w.log.Warn("pinned address refused; the VM is served from the pool", "vm", key, "reason", why)
+	}
+	if len(fresh) > 0 && w.OnRefused != nil {
+		w.OnRefused(fresh)
+	}
 }
 
 func unwrap(obj any) any {

@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,6 +73,9 @@ type Options struct {
 	Resolver Resolver
 	// OnlyKnown drops packets from MACs the Resolver does not know.
 	OnlyKnown bool
+	// Notify, when set, is told of lease events of clients the Resolver
+	// knows, outside any lock; it must not block.
+	Notify func(LeaseEvent)
 	// ResolverStale, when it returns true (the resolver cannot see the
 	// API), lets a MAC the Resolver does not know be served as the VM the
 	// lease database last saw it as, so VMs renew through an API outage.
@@ -94,6 +98,19 @@ type Identity struct {
 	// Pin is an address the client must get, if it can be given.
 	Pin netip.Addr
 }
+
+// LeaseEvent is something a VM's owner wants to know about its address.
+type LeaseEvent struct {
+	Key    string // the Identity's key
+	Reason string // EventAssigned or EventPoolExhausted
+	IP     netip.Addr
+}
+
+// Reasons of LeaseEvents.
+const (
+	EventAssigned      = "AddressAssigned"
+	EventPoolExhausted = "PoolExhausted"
+)
 
 // Resolver tells the plugin who sends a packet. It answers from memory:
 // the packet path never waits on it.
@@ -165,6 +182,7 @@ type LeaseDB struct {
 	resolver      Resolver
 	onlyKnown     bool
 	resolverStale func() bool
+	notify        func(LeaseEvent)
 	now           func() time.Time
 	log           *slog.Logger
 	observer      Observer
@@ -199,6 +217,7 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 		resolver:      opts.Resolver,
 		onlyKnown:     opts.OnlyKnown,
 		resolverStale: opts.ResolverStale,
+		notify:        opts.Notify,
 		now:           opts.Now,
 		log:           opts.Logger,
 		observer:      opts.Observer,
@@ -381,6 +400,9 @@ func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	})
 	if reason != "" {
 		db.observer.Dropped(reason)
+		if reason == DropPoolExhausted {
+			db.tell(c, EventPoolExhausted, netip.Addr{})
+		}
 		if reason == DropPoolExhausted && db.exhaustedWarning.Allow(now) {
 			db.log.Warn("pool exhausted: DISCOVERs are going unanswered", "pool", db.Stats())
 		}
@@ -456,8 +478,18 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 		}
 		return nil, true
 	}
+	if al.before == nil || al.before.State != StateBound {
+		db.tell(c, EventAssigned, lease.IP) // a new address, not a renewal
+	}
 	db.fillLease(resp, lease.IP, lease.Hostname)
 	return resp, false
+}
+
+// tell notifies a lease event of a client the Resolver knows.
+func (db *LeaseDB) tell(c client, reason string, ip netip.Addr) {
+	if db.notify != nil && strings.HasPrefix(c.id, VMKeyPrefix) {
+		db.notify(LeaseEvent{Key: c.id, Reason: reason, IP: ip})
+	}
 }
 
 func (db *LeaseDB) release(req *dhcpv4.DHCPv4) {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -108,6 +109,14 @@ func TestVMsGetTheirLeases(t *testing.T) {
 	assert.Equal(t, "192.168.50.20", got.IP, "the VM's pin annotation")
 	assert.Equal(t, "db", db.c.events()[len(db.c.events())-1].env["hostname"], "the VM's name as host name")
 
+	assertEvent(t, k8s, "db", corev1.EventTypeNormal, "AddressAssigned", "192.168.50.20")
+
+	// A second VM pinned to the same address is refused, says so on its
+	// VMI, and is served from the pool.
+	createVM(t, k8s, "clash", "02:00:5e:80:00:03", map[string]string{kubevirt.PinAnnotationPrefix + "lab": "192.168.50.20"})
+	assertEvent(t, k8s, "clash", corev1.EventTypeWarning, "PinRefused", "pinned to vm:vms/db/lab")
+	inPool(t, (&udhcpc{c: b.addClient("02:00:5e:80:00:03")}).obtain().IP)
+
 	web := newDriver("dhclient", b.addClient("02:00:5e:80:00:02"))
 	webLease := web.obtain()
 	inPool(t, webLease.IP)
@@ -137,6 +146,24 @@ func TestVMsGetTheirLeases(t *testing.T) {
 	assert.Equal(t, "192.168.50.20", db.renew().IP, "renewed from the lease database after a restart without the API")
 	readyz, _ := exec.Command("ip", "netns", "exec", b.serverNS, "busybox", "wget", "-qO-", "http://127.0.0.1:8067/readyz").CombinedOutput()
 	assert.NotContains(t, string(readyz), "ok", "readiness says degraded")
+}
+
+// assertEvent waits for an Event on the VMI vms/name.
+func assertEvent(t *testing.T, k8s crclient.Client, name, eventType, reason, message string) {
+	t.Helper()
+	assert.Eventually(t, func() bool {
+		var events corev1.EventList
+		if err := k8s.List(context.Background(), &events, crclient.InNamespace("vms")); err != nil {
+			return false
+		}
+		for _, e := range events.Items {
+			if e.InvolvedObject.Kind == "VirtualMachineInstance" && e.InvolvedObject.Name == name &&
+				e.Type == eventType && e.Reason == reason && strings.Contains(e.Message, message) {
+				return true
+			}
+		}
+		return false
+	}, 15*time.Second, 200*time.Millisecond, "no %s %s Event on VMI %s", eventType, reason, name)
 }
 
 // forwardAPIServer makes the API server on this host's loopback reachable
