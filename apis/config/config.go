@@ -28,6 +28,7 @@ const (
 	DefaultDeclineProbation = 10 * time.Minute
 	DefaultStatusInterval   = 10 * time.Second
 	DefaultSyncTimeout      = 30 * time.Second
+	DefaultVMDeletionGrace  = 5 * time.Minute
 )
 
 // Config is the content of hyperdhcpd's configuration file.
@@ -79,6 +80,11 @@ type Kubernetes struct {
 	// start; without it hyperdhcpd serves the VMs its lease database knows.
 	// Defaults to 30s.
 	SyncTimeout *metav1.Duration `json:"syncTimeout,omitempty"`
+
+	// VMDeletionGrace is how long a deleted VirtualMachine's leases are
+	// kept before its addresses are free again, so that a delete and
+	// recreate keeps them. Defaults to 5m.
+	VMDeletionGrace *metav1.Duration `json:"vmDeletionGrace,omitempty"`
 }
 
 // Load reads and decodes the file at path (see Parse); it neither defaults
@@ -121,6 +127,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Kubernetes != nil && c.Kubernetes.SyncTimeout == nil {
 		c.Kubernetes.SyncTimeout = &metav1.Duration{Duration: DefaultSyncTimeout}
+	}
+	if c.Kubernetes != nil && c.Kubernetes.VMDeletionGrace == nil {
+		c.Kubernetes.VMDeletionGrace = &metav1.Duration{Duration: DefaultVMDeletionGrace}
 	}
 }
 

@@ -111,6 +111,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer db.Close()
 	log.Info("leases loaded", "took", time.Since(loadStart), "pool", db.Stats())
+	if vms != nil {
+		vms.watcher.OnVMGone(func(namespace, name string) {
+			n := db.ReleaseKeys(leasedb.VMKeyPrefix + namespace + "/" + name + "/")
+			log.Info("VM deleted: its leases are free again", "vm", namespace+"/"+name, "leases", n)
+		})
+	}
 
 	chain, err := server.BuildChain(&cfg.Server, db.Handler4)
 	if err != nil {
@@ -199,6 +205,7 @@ func watchVMs(ctx context.Context, cfg *config.Config, log *slog.Logger) (*vmWat
 		return nil, err
 	}
 	watcher.OnRefused = reporter.PinsRefused
+	watcher.Grace = k.VMDeletionGrace.Duration
 	synced, err := watcher.Start(ctx, k.SyncTimeout.Duration)
 	if err != nil {
 		return nil, err

@@ -21,6 +21,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
+// DefaultGrace keeps a deleted VM's address long enough for a delete and
+// recreate (a GitOps sync, a VM rebuilt from its manifest) to get it back.
+const DefaultGrace = 5 * time.Minute
+
 // Watcher keeps an Index current from an informer cache of the VMIs and
 // VMs in the served namespaces. Packets never wait for it: they read the
 // index, which holds the last state seen even while the API is away.
@@ -32,9 +36,22 @@ type Watcher struct {
 	degraded atomic.Pointer[string]
 	// OnRefused, when set before Start, is told of pins the index refused.
 	OnRefused func(map[string]string)
+	// Grace is how long a deleted VM's leases are kept, so that a delete
+	// and recreate keeps the address.
+	Grace time.Duration
 
 	mu       sync.Mutex
 	reported map[string]string // refusals reported, by identity key
+	vms      map[string]int    // VM namespace/name -> add and update events seen
+	onVMGone func(namespace, name string)
+}
+
+// OnVMGone sets what is called when a VirtualMachine is deleted and not
+// recreated within the grace period.
+func (w *Watcher) OnVMGone(f func(namespace, name string)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.onVMGone = f
 }
 
 // NewWatcher prepares the informers for namespaces (nil or empty: all
@@ -56,7 +73,7 @@ func NewWatcher(cfg *rest.Config, index *Index, namespaces []string, log *slog.L
 			perNamespace[ns] = cache.Config{}
 		}
 	}
-	w := &Watcher{index: index, log: log, reported: map[string]string{}}
+	w := &Watcher{index: index, log: log, reported: map[string]string{}, vms: map[string]int{}, Grace: DefaultGrace}
 	c, err := cache.New(cfg, cache.Options{
 		Scheme:            scheme,
 		Mapper:            mapper,
@@ -109,6 +126,7 @@ func (w *Watcher) Start(ctx context.Context, syncTimeout time.Duration) (bool, e
 		DeleteFunc: func(obj any) {
 			if v, ok := unwrap(obj).(*kubevirtv1.VirtualMachine); ok {
 				w.index.SetVMPins(v.Namespace, v.Name, nil)
+				w.vmDeleted(ctx, v.Namespace, v.Name)
 			}
 		},
 	}); err != nil {
@@ -160,6 +178,9 @@ func (w *Watcher) setVM(obj any) {
 		return
 	}
 	w.degraded.Store(nil)
+	w.mu.Lock()
+	w.vms[v.Namespace+"/"+v.Name]++
+	w.mu.Unlock()
 	pins := maps.Clone(v.Annotations)
 	if v.Spec.Template != nil {
 		// The template's annotations reach the VMI itself; the VM's own
@@ -174,6 +195,23 @@ func (w *Watcher) setVM(obj any) {
 		}
 	}
 	w.refused(w.index.SetVMPins(v.Namespace, v.Name, pins))
+}
+
+// vmDeleted frees a deleted VM's leases after the grace period, unless a VM
+// of that name came back meanwhile.
+func (w *Watcher) vmDeleted(ctx context.Context, namespace, name string) {
+	key := namespace + "/" + name
+	w.mu.Lock()
+	seen := w.vms[key]
+	w.mu.Unlock()
+	time.AfterFunc(w.Grace, func() {
+		w.mu.Lock()
+		recreated, gone := w.vms[key] != seen, w.onVMGone
+		w.mu.Unlock()
+		if !recreated && ctx.Err() == nil && gone != nil {
+			gone(namespace, name)
+		}
+	})
 }
 
 // refused reports the refusals that are new: a VMI's status changes often,

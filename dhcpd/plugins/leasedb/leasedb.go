@@ -617,6 +617,24 @@ func (db *LeaseDB) Stats() Stats {
 	return s
 }
 
+// ReleaseKeys frees the bound leases whose key starts with prefix (a
+// deleted VM's interfaces: "vm:namespace/name/") and returns how many. It
+// walks the clients, which is fine for an event as rare as a VM deletion.
+func (db *LeaseDB) ReleaseKeys(prefix string) int {
+	n := 0
+	ticket := db.locked(func(now time.Time) {
+		for key, e := range db.alloc.byClient {
+			if strings.HasPrefix(key, prefix) && e.State == StateBound {
+				db.alloc.set(e, StateFree, now)
+				db.alloc.record(Change{Lease: e.Lease})
+				n++
+			}
+		}
+	})
+	db.settle(ticket)
+	return n
+}
+
 // Audit checks the plugin's bookkeeping against its leases; nil when they agree.
 func (db *LeaseDB) Audit() error {
 	var err error

@@ -112,3 +112,16 @@ func TestVMsRenewFromTheDatabaseWhileTheResolverIsStale(t *testing.T) {
 	assert.Equal(t, dhcpv4.MessageTypeAck, ack.MessageType())
 	assert.Nil(t, h.discover(mac(2)), "an unknown MAC is still not served")
 }
+
+func TestReleaseKeysFreesADeletedVMsLeases(t *testing.T) {
+	h, resolver := newVMHarness(t, true)
+	resolver.set(mac(1), Identity{Key: "vm:lab/web/net1"})
+	resolver.set(mac(2), Identity{Key: "vm:lab/web/net2"})
+	resolver.set(mac(3), Identity{Key: "vm:lab/webby/net1"})
+	h.dora(mac(1))
+	h.dora(mac(2))
+	h.dora(mac(3))
+	assert.Equal(t, 2, h.db.ReleaseKeys("vm:lab/web/"))
+	assert.Equal(t, int64(1), h.db.Stats().Used, "only the deleted VM's leases are freed")
+	require.NoError(t, h.db.Audit())
+}

@@ -99,7 +99,7 @@ func TestVMsGetTheirLeases(t *testing.T) {
 		c.Server.NetworkAttachment.Name = "lab"
 		c.Server.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{"vms"}}
 		c.Kubernetes = &config.Kubernetes{ServerName: "lab", ServerNamespace: "vms", Kubeconfig: kubeconfig,
-			SyncTimeout: &metav1.Duration{Duration: 3 * time.Second}}
+			SyncTimeout: &metav1.Duration{Duration: 3 * time.Second}, VMDeletionGrace: &metav1.Duration{Duration: 2 * time.Second}}
 	})
 	cutAPI := forwardAPIServer(t, b.serverNS, apiHost)
 	b.startServer()
@@ -135,6 +135,20 @@ func TestVMsGetTheirLeases(t *testing.T) {
 	createVM(t, k8s, "web.1", "02:00:5e:80:00:22", nil)
 	moved := newDriver("udhcpc", b.addClient("02:00:5e:80:00:22"))
 	assert.Equal(t, webLease.IP, moved.obtain().IP, "a VM keeps its address across a MAC change")
+
+	// The VM is deleted: after the grace period its address goes to another VM.
+	require.NoError(t, k8s.Delete(ctx, &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: "vms", Name: "web.1"}}))
+	require.NoError(t, k8s.Delete(ctx, &kubevirtv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "vms", Name: "web.1"}}))
+	createVM(t, k8s, "newcomer", "02:00:5e:80:00:44", nil)
+	require.Eventually(t, func() bool {
+		log, _ := os.ReadFile(b.logPath)
+		return strings.Contains(string(log), "VM deleted: its leases are free again")
+	}, 20*time.Second, 200*time.Millisecond, "the grace period ends")
+	newcomer := b.addClient("02:00:5e:80:00:44")
+	out, err = newcomer.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", newcomer.hook(false),
+		"-t", "5", "-T", "1", "-r", webLease.IP).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "lease of "+webLease.IP+" obtained", "the deleted VM's address goes to another VM")
 
 	// The API server goes away: the pinned VM's renewal is still ACKed...
 	cutAPI()

@@ -44,7 +44,7 @@ func TestConfigIsValidAndNamesItsServer(t *testing.T) {
 	assert.Equal(t, "net1", cfg.Interface)
 	assert.Equal(t, DataDir+"/leases.db", cfg.LeaseDatabase)
 	assert.Equal(t, &config.Kubernetes{ServerName: "lab", ServerNamespace: "vms",
-		StatusInterval: cfg.Kubernetes.StatusInterval, SyncTimeout: cfg.Kubernetes.SyncTimeout}, cfg.Kubernetes)
+		StatusInterval: cfg.Kubernetes.StatusInterval, SyncTimeout: cfg.Kubernetes.SyncTimeout, VMDeletionGrace: cfg.Kubernetes.VMDeletionGrace}, cfg.Kubernetes)
 	assert.Nil(t, Config(testServer()).Server.Storage, "the lease volume is the pod's business, not hyperdhcpd's")
 }
 
