@@ -136,6 +136,15 @@ func TestVMsGetTheirLeases(t *testing.T) {
 	moved := newDriver("udhcpc", b.addClient("02:00:5e:80:00:22"))
 	assert.Equal(t, webLease.IP, moved.obtain().IP, "a VM keeps its address across a MAC change")
 
+	// A live migration: a new virt-launcher pod, the same VMI and MAC.
+	var migrating kubevirtv1.VirtualMachineInstance
+	require.NoError(t, k8s.Get(ctx, crclient.ObjectKey{Namespace: "vms", Name: "db"}, &migrating))
+	migrating.Status.MigrationState = &kubevirtv1.VirtualMachineInstanceMigrationState{
+		SourcePod: "virt-launcher-db-aaaaa", TargetPod: "virt-launcher-db-bbbbb", Completed: true}
+	migrating.Status.NodeName = "node-2"
+	require.NoError(t, k8s.Update(ctx, &migrating))
+	assert.Equal(t, "192.168.50.20", db.renew().IP, "a migrated VM keeps its address")
+
 	// The VM is deleted: after the grace period its address goes to another VM.
 	require.NoError(t, k8s.Delete(ctx, &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: "vms", Name: "web.1"}}))
 	require.NoError(t, k8s.Delete(ctx, &kubevirtv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "vms", Name: "web.1"}}))
