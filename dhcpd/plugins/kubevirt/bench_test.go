@@ -141,3 +141,23 @@ func BenchmarkFirstSync10000VMIs(b *testing.B) {
 		cancel()
 	}
 }
+
+// BenchmarkResolve is the per-packet lookup with few and with 10,000 VMIs
+// indexed: a map lookup, whatever the number of VMs.
+func BenchmarkResolve(b *testing.B) {
+	for _, n := range []int{10, benchVMIs} {
+		x := NewIndex(lab)
+		for i := range n {
+			stripped, _ := stripVMI(fullVMI(i))
+			x.SetVMI(stripped.(*kubevirtv1.VirtualMachineInstance))
+		}
+		hw, _ := net.ParseMAC(benchMAC(n / 2))
+		b.Run(fmt.Sprintf("%d-VMIs", n), func(b *testing.B) {
+			for b.Loop() {
+				if _, ok := x.Resolve(hw); !ok {
+					b.Fatal("not found")
+				}
+			}
+		})
+	}
+}
