@@ -136,6 +136,22 @@ func TestVMsGetTheirLeases(t *testing.T) {
 	moved := newDriver("udhcpc", b.addClient("02:00:5e:80:00:22"))
 	assert.Equal(t, webLease.IP, moved.obtain().IP, "a VM keeps its address across a MAC change")
 
+	// Two clones of one image send the same client identifier: two VMs, two addresses.
+	var cloneIPs []string
+	for i, name := range []string{"clone-a", "clone-b"} {
+		mac := fmt.Sprintf("02:00:5e:80:00:5%d", i)
+		createVM(t, k8s, name, mac, nil)
+		clone := b.addClient(mac)
+		out, err := clone.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", clone.hook(false),
+			"-t", "5", "-T", "1", "-C", "-x", "0x3d:01c10e1a9e0001").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		_, after, _ := strings.Cut(string(out), "lease of ")
+		ip, _, _ := strings.Cut(after, " ")
+		inPool(t, ip)
+		cloneIPs = append(cloneIPs, ip)
+	}
+	assert.NotEqual(t, cloneIPs[0], cloneIPs[1], "the lease belongs to the VM, not to the client identifier")
+
 	// A live migration: a new virt-launcher pod, the same VMI and MAC.
 	var migrating kubevirtv1.VirtualMachineInstance
 	require.NoError(t, k8s.Get(ctx, crclient.ObjectKey{Namespace: "vms", Name: "db"}, &migrating))
