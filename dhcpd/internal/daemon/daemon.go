@@ -92,7 +92,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	opts.Store, opts.Logger, opts.Observer = store, log, metrics
 	opts.OfferHold, opts.DeclineProbation = cfg.OfferHold.Duration, cfg.DeclineProbation.Duration
-	vms, err := watchVMs(ctx, cfg, log)
+	vms, err := watchVMs(ctx, cfg, metrics, log)
 	if err != nil {
 		store.Close()
 		return err
@@ -183,7 +183,7 @@ type vmWatch struct {
 // watchVMs starts the kubevirt plugin when the Server is VM-aware and
 // hyperdhcpd talks to Kubernetes; nil otherwise. Only a configuration
 // error is returned: an unreachable API leaves the watcher trying.
-func watchVMs(ctx context.Context, cfg *config.Config, log *slog.Logger) (*vmWatch, error) {
+func watchVMs(ctx context.Context, cfg *config.Config, metrics *server.Metrics, log *slog.Logger) (*vmWatch, error) {
 	k, kv := cfg.Kubernetes, cfg.Server.KubeVirt
 	if k == nil || kv == nil || kv.Enabled == nil || !*kv.Enabled {
 		return nil, nil
@@ -204,7 +204,10 @@ func watchVMs(ctx context.Context, cfg *config.Config, log *slog.Logger) (*vmWat
 	if err != nil {
 		return nil, err
 	}
-	watcher.OnRefused = reporter.PinsRefused
+	watcher.OnRefused = func(refused map[string]string) {
+		metrics.PinsRefused(len(refused))
+		reporter.PinsRefused(refused)
+	}
 	watcher.Grace = k.VMDeletionGrace.Duration
 	synced, err := watcher.Start(ctx, k.SyncTimeout.Duration)
 	if err != nil {

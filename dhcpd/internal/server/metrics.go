@@ -27,6 +27,7 @@ type Metrics struct {
 	sent           *prometheus.CounterVec
 	dropped        *prometheus.CounterVec
 	refused        *prometheus.CounterVec
+	pinsRefused    prometheus.Counter
 	handleDuration prometheus.Histogram
 	commitBatch    prometheus.Histogram
 	commitDuration prometheus.Histogram
@@ -43,6 +44,9 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hyperdhcpd_packets_sent_total", Help: "DHCP packets sent, by message type.",
 		}, []string{"type"}),
+		pinsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hyperdhcpd_vm_pins_refused_total", Help: "Pinned-address annotations of VMs that could not be honoured.",
+		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hyperdhcpd_naks_total", Help: "DHCPNAKs sent, by reason.",
 		}, []string{"reason"}),
@@ -69,7 +73,7 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 		}),
 	}
 	poolDesc := prometheus.NewDesc("hyperdhcpd_pool_addresses", "Addresses of all pools, by state.", []string{"state"}, nil)
-	m.Registry.MustRegister(m.received, m.sent, m.dropped, m.refused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors,
+	m.Registry.MustRegister(m.received, m.sent, m.dropped, m.refused, m.pinsRefused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		poolCollector{desc: poolDesc, stats: pool})
 	return m
@@ -77,6 +81,9 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 
 // Dropped implements leasedb.Observer.
 func (m *Metrics) Dropped(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+
+// PinsRefused counts refused VM pins.
+func (m *Metrics) PinsRefused(n int) { m.pinsRefused.Add(float64(n)) }
 
 // Refused implements leasedb.Observer.
 func (m *Metrics) Refused(reason string) { m.refused.WithLabelValues(reason).Inc() }

@@ -109,7 +109,7 @@ func (w *Watcher) Start(ctx context.Context, syncTimeout time.Duration) (bool, e
 	if err != nil {
 		return false, fmt.Errorf("VM informer: %w", err)
 	}
-	if _, err := vmis.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+	vmiHandler, err := vmis.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { w.setVMI(obj) },
 		UpdateFunc: func(_, obj any) { w.setVMI(obj) },
 		DeleteFunc: func(obj any) {
@@ -117,10 +117,11 @@ func (w *Watcher) Start(ctx context.Context, syncTimeout time.Duration) (bool, e
 				w.index.DeleteVMI(v.Namespace, v.Name)
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return false, err
 	}
-	if _, err := vms.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+	vmHandler, err := vms.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { w.setVM(obj) },
 		UpdateFunc: func(_, obj any) { w.setVM(obj) },
 		DeleteFunc: func(obj any) {
@@ -129,7 +130,8 @@ func (w *Watcher) Start(ctx context.Context, syncTimeout time.Duration) (bool, e
 				w.vmDeleted(ctx, v.Namespace, v.Name)
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return false, err
 	}
 	go func() {
@@ -139,7 +141,10 @@ func (w *Watcher) Start(ctx context.Context, syncTimeout time.Duration) (bool, e
 	}()
 	syncCtx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	synced := w.cache.WaitForCacheSync(syncCtx)
+	// Synced means the index holds the first list: the handlers have had
+	// every object, not only the informers' stores.
+	synced := w.cache.WaitForCacheSync(syncCtx) &&
+		toolscache.WaitForCacheSync(syncCtx.Done(), vmiHandler.HasSynced, vmHandler.HasSynced)
 	if synced {
 		w.degraded.Store(nil)
 	} else {

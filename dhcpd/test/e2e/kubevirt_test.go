@@ -115,6 +115,7 @@ func TestVMsGetTheirLeases(t *testing.T) {
 	// VMI, and is served from the pool.
 	createVM(t, k8s, "clash", "02:00:5e:80:00:03", map[string]string{kubevirt.PinAnnotationPrefix + "lab": "192.168.50.20"})
 	assertEvent(t, k8s, "clash", corev1.EventTypeWarning, "PinRefused", "pinned to vm:vms/db/lab")
+	assert.Equal(t, 1.0, b.metric("hyperdhcpd_vm_pins_refused_total"), "counted once, however often the VMI changes")
 	inPool(t, (&udhcpc{c: b.addClient("02:00:5e:80:00:03")}).obtain().IP)
 
 	web := newDriver("dhclient", b.addClient("02:00:5e:80:00:02"))
