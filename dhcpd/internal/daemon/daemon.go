@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/ratelimit"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/server"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/status"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/kubevirt"
@@ -34,22 +34,6 @@ const reclaimInterval = 10 * time.Second
 // a database write may stall before /healthz fails and the kubelet restarts
 // the pod. The receive loop turns at least once a second.
 const livenessTimeout = 30 * time.Second
-
-// rateLimitedLog lets one line through a minute.
-type rateLimitedLog struct {
-	mu   sync.Mutex
-	last time.Time
-}
-
-func (r *rateLimitedLog) allow(now time.Time) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.last.IsZero() && now.Sub(r.last) < time.Minute {
-		return false
-	}
-	r.last = now
-	return true
-}
 
 // Preflight checks what can fail before any socket is bound or the lease
 // database is touched.
@@ -298,10 +282,10 @@ func serveHTTP(addr string, metrics *server.Metrics, ready *atomic.Bool, live fu
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
-	var unhealthy rateLimitedLog
+	var unhealthy ratelimit.PerMinute
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := live(); err != nil {
-			if unhealthy.allow(time.Now()) {
+			if unhealthy.Allow(time.Now()) {
 				log.Error("not alive", "error", err)
 			}
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)

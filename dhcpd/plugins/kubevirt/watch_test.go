@@ -17,7 +17,8 @@ import (
 	"k8s.io/client-go/rest"
 	kubevirtv1 "kubevirt.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/testenv"
 )
 
 var cfg *rest.Config
@@ -27,25 +28,13 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		fmt.Fprintln(os.Stderr, "KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(make -s envtest)")
-		return 1
-	}
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("testdata", "crd")},
-		ErrorIfCRDPathMissing: true,
-	}
-	// kube-apiserver derives its advertise address from the default route;
-	// name it so the tests also run on a machine without one.
-	env.ControlPlane.GetAPIServer().Configure().
-		Set("advertise-address", "127.0.0.1").
-		Set("endpoint-reconciler-type", "none")
-	var err error
-	if cfg, err = env.Start(); err != nil {
+	env, restConfig, err := testenv.Start(filepath.Join("testdata", "crd"))
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "start envtest: %v\n", err)
 		return 1
 	}
 	defer env.Stop()
+	cfg = restConfig
 	return m.Run()
 }
 

@@ -33,6 +33,8 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/ratelimit"
 )
 
 // Defaults of the timing options.
@@ -189,7 +191,7 @@ type LeaseDB struct {
 	committer     *committer
 	store         Store
 	// Warnings that could come once per packet are logged once a minute.
-	exhaustedWarning, commitWarning rateLimit
+	exhaustedWarning, commitWarning ratelimit.PerMinute
 
 	mu    sync.Mutex
 	alloc *allocator
@@ -576,23 +578,6 @@ func (db *LeaseDB) fillLease(resp *dhcpv4.DHCPv4, a netip.Addr, hostname string)
 	if hostname != "" {
 		resp.UpdateOption(dhcpv4.OptHostName(hostname))
 	}
-}
-
-// rateLimit allows one event per minute.
-type rateLimit struct {
-	mu   sync.Mutex
-	last time.Time
-}
-
-// Allow reports whether an event at now may happen.
-func (r *rateLimit) Allow(now time.Time) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.last.IsZero() && now.Sub(r.last) < time.Minute {
-		return false
-	}
-	r.last = now
-	return true
 }
 
 // Stats counts the addresses of the pools.

@@ -28,6 +28,7 @@ import (
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/testenv"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/kubevirt"
 )
 
@@ -36,18 +37,9 @@ import (
 // a kubeconfig file for hyperdhcpd.
 func startAPIServer(t *testing.T) (*envtest.Environment, crclient.Client, string, string) {
 	t.Helper()
-	require.NotEmpty(t, os.Getenv("KUBEBUILDER_ASSETS"), "KUBEBUILDER_ASSETS is not set: run `make test`")
-	env := &envtest.Environment{
-		CRDDirectoryPaths: []string{
-			filepath.Join("..", "..", "plugins", "kubevirt", "testdata", "crd"),
-			filepath.Join("..", "..", "..", "deploy", "crd"),
-		},
-		ErrorIfCRDPathMissing: true,
-	}
-	env.ControlPlane.GetAPIServer().Configure().
-		Set("advertise-address", "127.0.0.1").
-		Set("endpoint-reconciler-type", "none")
-	cfg, err := env.Start()
+	env, cfg, err := testenv.Start(
+		filepath.Join("..", "..", "plugins", "kubevirt", "testdata", "crd"),
+		filepath.Join("..", "..", "..", "deploy", "crd"))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = env.Stop() })
 
