@@ -354,7 +354,12 @@ type KubeVirtSpec struct {
 	Enabled *bool `json:"enabled,omitempty"`
 
 	// namespaces lists the namespaces whose VMs this server serves. Empty
-	// means the Server's own namespace.
+	// means the Server's own namespace, which is always served. Another
+	// namespace is served only once it consents: its Namespace object
+	// carries the annotation hyperdhcp.io/allow-servers, a comma-separated
+	// list of <namespace>/<server> naming this Server (or <namespace>/* for
+	// every Server of that namespace). Until then the operator grants no
+	// access there and the Server is Degraded (NamespaceConsentMissing).
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MaxLength=63
@@ -362,7 +367,10 @@ type KubeVirtSpec struct {
 	Namespaces []string `json:"namespaces,omitempty"`
 
 	// allNamespaces serves VMs of every namespace. It needs cluster-wide read
-	// access to VirtualMachineInstances, so prefer namespaces where possible.
+	// access to VirtualMachineInstances, which the operator grants only when
+	// it runs with --allow-all-namespaces; otherwise only the Server's own
+	// namespace is served and the Server is Degraded
+	// (AllNamespacesNotAllowed). Prefer namespaces where possible.
 	// +optional
 	AllNamespaces bool `json:"allNamespaces,omitempty"`
 
@@ -483,6 +491,14 @@ const (
 	// ReasonNetworkAttachmentNotFound: the Multus NetworkAttachmentDefinition
 	// named in spec.networkAttachment does not exist, so the pod cannot start.
 	ReasonNetworkAttachmentNotFound = "NetworkAttachmentNotFound"
+	// ReasonNamespaceConsentMissing: kubevirt.namespaces names namespaces
+	// that have not consented (annotation hyperdhcp.io/allow-servers on the
+	// Namespace), so their VMs are not served.
+	ReasonNamespaceConsentMissing = "NamespaceConsentMissing"
+	// ReasonAllNamespacesNotAllowed: kubevirt.allNamespaces is set, but the
+	// operator runs without --allow-all-namespaces, so only the Server's own
+	// namespace is served.
+	ReasonAllNamespacesNotAllowed = "AllNamespacesNotAllowed"
 )
 
 // ServerList is a list of Servers.
