@@ -41,6 +41,7 @@ func App() *cli.App {
 			&cli.IntFlag{Name: "max-concurrent-reconciles", EnvVars: envVar("max-concurrent-reconciles"), Value: 4, Usage: "Servers reconciled in parallel"},
 			&cli.Float64Flag{Name: "kube-api-qps", EnvVars: envVar("kube-api-qps"), Value: 50, Usage: "sustained requests per second to the API server"},
 			&cli.IntFlag{Name: "kube-api-burst", EnvVars: envVar("kube-api-burst"), Value: 100, Usage: "request burst to the API server"},
+			&cli.BoolFlag{Name: "allow-all-namespaces", EnvVars: envVar("allow-all-namespaces"), Usage: "let Servers with kubevirt.allNamespaces read the VMs of every namespace (a ClusterRoleBinding); without it they serve their own namespace only"},
 			&cli.StringFlag{Name: "server-selector", EnvVars: envVar("server-selector"), Usage: "reconcile only Servers matching this label selector (default: all)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: envVar("log-level"), Value: "info", Usage: "debug, info, warn or error"},
 		},
@@ -92,6 +93,7 @@ func run(c *cli.Context) error {
 		Image:     c.String("hyperdhcpd-image"),
 
 		MaxConcurrentReconciles: c.Int("max-concurrent-reconciles"),
+		AllowAllNamespaces:      c.Bool("allow-all-namespaces"),
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up controller: %w", err)
@@ -102,7 +104,7 @@ func run(c *cli.Context) error {
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return fmt.Errorf("add ready check: %w", err)
 	}
-	ctrl.Log.Info("starting operator", "version", version.Version, "hyperdhcpdImage", reconciler.Image)
+	ctrl.Log.Info("starting operator", "version", version.Version, "hyperdhcpdImage", reconciler.Image, "allowAllNamespaces", reconciler.AllowAllNamespaces)
 	return mgr.Start(c.Context)
 }
 

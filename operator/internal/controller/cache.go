@@ -15,7 +15,8 @@ import (
 
 // CacheOptions are the manager's cache options: Servers matching
 // serverSelector (nil: every Server), and of each kind the operator makes
-// only the objects it made, which all carry render.ServerLabel. Without
+// only the objects it made, which all carry render.ServerLabel (but every
+// Namespace, for its consent annotation). Without
 // the selector the operator would hold every ConfigMap, Deployment and
 // RoleBinding of the cluster in memory.
 func CacheOptions(serverSelector labels.Selector) cache.Options {
@@ -32,6 +33,10 @@ func CacheOptions(serverSelector labels.Selector) cache.Options {
 		&rbacv1.Role{}:                  owned,
 		&rbacv1.RoleBinding{}:           owned,
 		&rbacv1.ClusterRoleBinding{}:    owned,
+		// Every Namespace, unlabelled: the operator reads their consent
+		// annotation (package consent), set by cluster admins, who do not
+		// label them for the operator. Namespaces are few and small.
+		&corev1.Namespace{}: {},
 	}
 	if serverSelector != nil {
 		byObject[&hyperdhcpv1beta1.Server{}] = cache.ByObject{Label: serverSelector}

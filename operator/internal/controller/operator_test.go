@@ -46,12 +46,16 @@ func TestCacheHoldsOnlyOwnedObjects(t *testing.T) {
 	}, timeout, interval, "the Server's ConfigMap reaches the cache")
 	err := mgr.GetCache().Get(t.Context(), client.ObjectKeyFromObject(unrelated), &corev1.ConfigMap{})
 	assert.True(t, apierrors.IsNotFound(err), "an unrelated ConfigMap is not cached: %v", err)
+
+	// Namespaces are, unlabelled: their consent annotation is read there.
+	assert.NoError(t, mgr.GetCache().Get(t.Context(), key("", ns), &corev1.Namespace{}), "Namespaces are cached")
 }
 
 // The finalizer guards only what owner references cannot reach: objects
 // outside the Server's namespace.
 func TestFinalizerOnlyForForeignObjects(t *testing.T) {
 	ns, other := newNamespace(t), newNamespace(t)
+	setConsent(t, other, ns+"/lab")
 	server := newServer(t, ns, "lab", nil) // VMs of its own namespace only
 	settled(t, server)
 	assert.NotContains(t, server.Finalizers, Finalizer, "nothing outside its namespace")

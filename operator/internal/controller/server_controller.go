@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -25,11 +26,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/operator/internal/consent"
 	"github.com/hyperdhcp/hyperdhcp/operator/internal/render"
 )
 
@@ -55,7 +60,17 @@ type ServerReconciler struct {
 	// NetworkAttachmentRecheck is how soon a Server whose
 	// NetworkAttachmentDefinition is missing is looked at again (default 30s).
 	NetworkAttachmentRecheck time.Duration
+	// AllowAllNamespaces lets Servers with kubevirt.allNamespaces read VMs
+	// cluster-wide (the operator's --allow-all-namespaces). Off, they serve
+	// their own namespace only: whoever may create a Server in some
+	// namespace must not thereby read every namespace's VMs.
+	AllowAllNamespaces bool
 }
+
+// servedNamespacesField indexes Servers by the namespaces listed in
+// spec.kubevirt.namespaces, to find those whose grant a Namespace's consent
+// annotation changes.
+const servedNamespacesField = ".spec.kubevirt.namespaces"
 
 // The operator's own permissions. It must hold every permission it grants
 // hyperdhcpd (Kubernetes refuses RBAC escalation), hence the servers and
@@ -66,9 +81,20 @@ type ServerReconciler struct {
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=hyperdhcp-vm-reader
 // +kubebuilder:rbac:groups=k8s.cni.cncf.io,resources=network-attachment-definitions,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 
 // SetupWithManager registers the controller.
 func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	err := mgr.GetFieldIndexer().IndexField(context.Background(), &hyperdhcpv1beta1.Server{}, servedNamespacesField,
+		func(obj client.Object) []string {
+			if kv := obj.(*hyperdhcpv1beta1.Server).Spec.KubeVirt; kv != nil {
+				return kv.Namespaces
+			}
+			return nil
+		})
+	if err != nil {
+		return fmt.Errorf("index Servers by served namespace: %w", err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("server").
 		// Status writes (hyperdhcpd's pool counts, our conditions) do not
@@ -80,8 +106,32 @@ func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.PersistentVolumeClaim{}).
 		Owns(&appsv1.Deployment{}).
+		// Consent given or withdrawn changes the grant without a Server edit.
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.serversListing),
+			builder.WithPredicates(consentChanged)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.MaxConcurrentReconciles}).
 		Complete(r)
+}
+
+// consentChanged passes the Namespace events that can change a grant:
+// creation, deletion and a changed consent annotation.
+var consentChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+	return e.ObjectOld.GetAnnotations()[consent.Annotation] != e.ObjectNew.GetAnnotations()[consent.Annotation]
+}}
+
+// serversListing maps a Namespace to the Servers whose kubevirt.namespaces
+// list it.
+func (r *ServerReconciler) serversListing(ctx context.Context, ns client.Object) []reconcile.Request {
+	var servers hyperdhcpv1beta1.ServerList
+	if err := r.List(ctx, &servers, client.MatchingFields{servedNamespacesField: ns.GetName()}); err != nil {
+		log.FromContext(ctx).Error(err, "list the Servers that serve a namespace", "namespace", ns.GetName())
+		return nil
+	}
+	requests := make([]reconcile.Request, 0, len(servers.Items))
+	for i := range servers.Items {
+		requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&servers.Items[i])})
+	}
+	return requests
 }
 
 // Reconcile brings one Server's children to their desired state.
@@ -93,11 +143,20 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	if !server.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, server)
 	}
+	// Where hyperdhcpd may read VMs. A lookup that fails stops here: taken
+	// for a refusal, it would delete the bindings consent had granted.
+	grant, err := r.vmGrant(ctx, server)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	// Only what owner references cannot reach needs a finalizer; it goes on
 	// before anything is made outside the namespace, and the RBAC phase
 	// takes it off once nothing is left there.
-	if hasForeignObjects(server) && controllerutil.AddFinalizer(server, Finalizer) {
-		if err := r.Update(ctx, server); err != nil {
+	// A patch of the finalizers alone: an Update would write back the spec
+	// as Go renders it (leaseTime "1h" as "1h0m0s") and so bump the
+	// generation of a Server nobody edited.
+	if before := server.DeepCopy(); grant.Foreign(server.Namespace) && controllerutil.AddFinalizer(server, Finalizer) {
+		if err := r.Patch(ctx, server, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
 	}
@@ -132,7 +191,7 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 		run  func() error
 	}{
 		{"ServiceAccount", func() error { return r.reconcileServiceAccount(ctx, server) }},
-		{"RBAC", func() error { return r.reconcileRBAC(ctx, server) }},
+		{"RBAC", func() error { return r.reconcileRBAC(ctx, server, grant) }},
 		{"ConfigMap", func() (err error) { configHash, err = r.reconcileConfigMap(ctx, server); return err }},
 		{"PersistentVolumeClaim", func() error { return r.reconcilePVC(ctx, server) }},
 		{"NetworkAttachment", func() (err error) { attachmentMissing, err = r.checkNetworkAttachment(ctx, server); return err }},
@@ -159,7 +218,15 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	if deployment != nil {
 		setDeploymentConditions(server, deployment)
 	}
+	// Degraded names every problem, the most severe first: a failing phase,
+	// then a pod that cannot join its network, then VMs not served for
+	// want of consent.
+	var problems []problem
+	if len(errs) > 0 {
+		problems = append(problems, problem{hyperdhcpv1beta1.ReasonReconcileFailed, kerrors.NewAggregate(errs).Error()})
+	}
 	if attachmentMissing != "" {
+		problems = append(problems, problem{hyperdhcpv1beta1.ReasonNetworkAttachmentNotFound, attachmentMissing})
 		setNetworkAttachmentNotFound(server, attachmentMissing)
 		// NetworkAttachmentDefinitions are not watched (their CRD may come
 		// and go): look again later.
@@ -168,29 +235,43 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 			result.RequeueAfter = 30 * time.Second
 		}
 	}
+	consentProblems := grantProblems(server, grant)
+	problems = append(problems, consentProblems...)
+	setDegraded(server, problems)
+	// A Warning when a refusal is new, not on every resync.
+	previous := meta.FindStatusCondition(original.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded)
+	for _, p := range consentProblems {
+		if previous == nil || !strings.Contains(previous.Message, p.message) {
+			r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, p.reason, "Grant", "%s", p.message)
+		}
+	}
 	if len(errs) > 0 {
 		err := kerrors.NewAggregate(errs)
-		setReconcileFailed(server, err)
 		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonReconcileFailed, "Reconcile", "%v", err)
 		return ctrl.Result{}, fmt.Errorf("reconcile: %w", err)
 	}
 	return result, nil
 }
 
-// hasForeignObjects tells whether server has objects outside its namespace
-// (VM reader bindings elsewhere, a ClusterRoleBinding), which only a
-// finalizer can remove.
-func hasForeignObjects(server *hyperdhcpv1beta1.Server) bool {
-	bindings, cluster := render.VMReaderBindings(server)
-	if cluster != nil {
-		return true
-	}
-	for _, b := range bindings {
-		if b.Namespace != server.Namespace {
-			return true
+// vmGrant decides where server's hyperdhcpd may read VMs, reading the
+// consent of the other namespaces it lists.
+func (r *ServerReconciler) vmGrant(ctx context.Context, server *hyperdhcpv1beta1.Server) (consent.Grant, error) {
+	var errs []error
+	annotations := func(name string) map[string]string {
+		ns := &corev1.Namespace{}
+		if err := r.Get(ctx, client.ObjectKey{Name: name}, ns); err != nil {
+			if !apierrors.IsNotFound(err) { // a missing namespace consents to nothing
+				errs = append(errs, fmt.Errorf("get Namespace %s: %w", name, err))
+			}
+			return nil
 		}
+		return ns.Annotations
 	}
-	return false
+	grant := consent.Decide(server, annotations, r.AllowAllNamespaces)
+	if err := errors.Join(errs...); err != nil {
+		return consent.Grant{}, fmt.Errorf("read namespace consent: %w", err)
+	}
+	return grant, nil
 }
 
 // networkAttachmentGVK is Multus' NetworkAttachmentDefinition, read as
@@ -280,7 +361,10 @@ func (r *ServerReconciler) reconcileServiceAccount(ctx context.Context, server *
 	})
 }
 
-func (r *ServerReconciler) reconcileRBAC(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
+// reconcileRBAC makes hyperdhcpd's own Role and RoleBinding, binds the VM
+// reader ClusterRole where grant allows, and removes every binding it does
+// not allow (anymore).
+func (r *ServerReconciler) reconcileRBAC(ctx context.Context, server *hyperdhcpv1beta1.Server, grant consent.Grant) error {
 	desiredRole := render.StatusRole(server)
 	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: desiredRole.Name, Namespace: desiredRole.Namespace}}
 	if err := r.apply(ctx, server, role, true, func() error {
@@ -292,7 +376,7 @@ func (r *ServerReconciler) reconcileRBAC(ctx context.Context, server *hyperdhcpv
 	}
 	desiredBinding := render.StatusRoleBinding(server)
 	bindings := []*rbacv1.RoleBinding{desiredBinding}
-	vmBindings, vmClusterBinding := render.VMReaderBindings(server)
+	vmBindings, vmClusterBinding := render.VMReaderBindings(server, grant.Namespaces, grant.Cluster)
 	bindings = append(bindings, vmBindings...)
 
 	wanted := map[types.NamespacedName]bool{}
@@ -325,7 +409,7 @@ func (r *ServerReconciler) reconcileRBAC(ctx context.Context, server *hyperdhcpv
 	if err := r.pruneRBAC(ctx, server, wanted, vmClusterBinding != nil); err != nil {
 		return err
 	}
-	if !hasForeignObjects(server) {
+	if !grant.Foreign(server.Namespace) {
 		return r.removeFinalizer(ctx, server)
 	}
 	return nil
@@ -345,8 +429,8 @@ func (r *ServerReconciler) removeFinalizer(ctx context.Context, server *hyperdhc
 	return nil
 }
 
-// pruneRBAC deletes the bindings made for server that its spec no longer
-// asks for (a namespace dropped from kubevirt.namespaces, say).
+// pruneRBAC deletes the bindings made for server that are no longer granted
+// (a namespace dropped from kubevirt.namespaces, or its consent withdrawn).
 func (r *ServerReconciler) pruneRBAC(ctx context.Context, server *hyperdhcpv1beta1.Server, keep map[types.NamespacedName]bool, keepCluster bool) error {
 	selector := client.MatchingLabels{render.ServerLabel: server.Name, render.ServerNamespaceLabel: server.Namespace}
 	var bindings rbacv1.RoleBindingList
@@ -473,27 +557,55 @@ func setInvalidSpec(server *hyperdhcpv1beta1.Server, err error) {
 	)
 }
 
-func setReconcileFailed(server *hyperdhcpv1beta1.Server, err error) {
+// problem is one reason a Server is Degraded.
+type problem struct{ reason, message string }
+
+// setDegraded sets Degraded=True with the first (most severe) problem's
+// reason and every problem's message; with none it leaves Degraded as the
+// Deployment phase set it.
+func setDegraded(server *hyperdhcpv1beta1.Server, problems []problem) {
+	if len(problems) == 0 {
+		return
+	}
+	messages := make([]string, len(problems))
+	for i, p := range problems {
+		messages[i] = p.message
+	}
 	setConditions(server, metav1.Condition{
 		Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionTrue,
-		Reason: hyperdhcpv1beta1.ReasonReconcileFailed, Message: err.Error(),
+		Reason: problems[0].reason, Message: strings.Join(messages, "; "),
 	})
 }
 
-// setNetworkAttachmentNotFound reports a missing NetworkAttachmentDefinition:
-// Degraded, and the reason Ready is False while the pod cannot start. A pod
-// already running keeps serving, so a True Ready stays.
+// setNetworkAttachmentNotFound gives the reason Ready is False while the
+// pod cannot join its network. A pod already running keeps serving, so a
+// True Ready stays.
 func setNetworkAttachmentNotFound(server *hyperdhcpv1beta1.Server, message string) {
-	setConditions(server, metav1.Condition{
-		Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionTrue,
-		Reason: hyperdhcpv1beta1.ReasonNetworkAttachmentNotFound, Message: message,
-	})
 	if !meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady) {
 		setConditions(server, metav1.Condition{
 			Type: hyperdhcpv1beta1.ConditionReady, Status: metav1.ConditionFalse,
 			Reason: hyperdhcpv1beta1.ReasonNetworkAttachmentNotFound, Message: message,
 		})
 	}
+}
+
+// grantProblems describes what server asked for and was not granted. Its
+// VMs elsewhere are not served, but hyperdhcpd runs, so Ready is left alone.
+func grantProblems(server *hyperdhcpv1beta1.Server, grant consent.Grant) []problem {
+	var problems []problem
+	if len(grant.Refused) > 0 {
+		message := fmt.Sprintf("VMs of namespaces %s are not served: they have not consented (their Namespace's annotation %s must list %s/%s or %s/%s)",
+			strings.Join(grant.Refused, ", "), consent.Annotation, server.Namespace, server.Name, server.Namespace, consent.AnyServer)
+		if len(grant.Malformed) > 0 {
+			message += "; " + strings.Join(grant.Malformed, "; ")
+		}
+		problems = append(problems, problem{hyperdhcpv1beta1.ReasonNamespaceConsentMissing, message})
+	}
+	if grant.AllNamespacesRefused {
+		problems = append(problems, problem{hyperdhcpv1beta1.ReasonAllNamespacesNotAllowed, fmt.Sprintf(
+			"allNamespaces is not allowed (the operator runs without --allow-all-namespaces): only the VMs of namespace %s are served", server.Namespace)})
+	}
+	return problems
 }
 
 // setDeploymentConditions derives Ready and Progressing from the Deployment.

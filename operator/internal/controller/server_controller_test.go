@@ -103,6 +103,7 @@ func ownedBy(obj client.Object, server *hyperdhcpv1beta1.Server) bool {
 
 func TestServerBecomesItsChildren(t *testing.T) {
 	ns, other := newNamespace(t), newNamespace(t)
+	setConsent(t, other, ns+"/lab")
 	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
 		s.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{ns, other}}
 		s.Router = "192.168.50.1"
@@ -268,6 +269,7 @@ func TestInvalidSpecIsReported(t *testing.T) {
 // that no object changed.
 func TestNoOpResyncWritesNothing(t *testing.T) {
 	ns, other := newNamespace(t), newNamespace(t)
+	setConsent(t, other, ns+"/*")
 	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
 		s.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{ns, other}}
 	})
@@ -316,6 +318,7 @@ func TestNoOpResyncWritesNothing(t *testing.T) {
 
 func TestDeletingTheServerRemovesForeignBindings(t *testing.T) {
 	ns, other := newNamespace(t), newNamespace(t)
+	setConsent(t, other, ns+"/lab")
 	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
 		s.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{other}}
 	})
@@ -328,21 +331,21 @@ func TestDeletingTheServerRemovesForeignBindings(t *testing.T) {
 		return apierrors.IsNotFound(admin.Get(context.Background(), key(other, render.ForeignName(server)), foreign))
 	}, timeout, interval, "binding of a namespace no longer served is removed")
 
-	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.KubeVirt.AllNamespaces = true })
-	crb := &rbacv1.ClusterRoleBinding{}
-	eventually(t, crb, key("", render.ForeignName(server)), func() bool { return true }, "all namespaces: a ClusterRoleBinding")
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.KubeVirt.Namespaces = []string{other} })
+	eventually(t, foreign, key(other, render.ForeignName(server)), func() bool { return true }, "foreign binding created again")
 
 	require.NoError(t, admin.Delete(t.Context(), server))
 	require.Eventually(t, func() bool {
-		return apierrors.IsNotFound(admin.Get(context.Background(), key("", render.ForeignName(server)), crb)) &&
+		return apierrors.IsNotFound(admin.Get(context.Background(), key(other, render.ForeignName(server)), foreign)) &&
 			apierrors.IsNotFound(admin.Get(context.Background(), client.ObjectKeyFromObject(server), server))
-	}, timeout, interval, "the finalizer cleans up cluster-wide RBAC, then lets the Server go")
+	}, timeout, interval, "the finalizer cleans up RBAC outside the namespace, then lets the Server go")
 }
 
 // TestHyperdhcpdRBACIsMinimal asks the API server what hyperdhcpd's
 // ServiceAccount may do.
 func TestHyperdhcpdRBACIsMinimal(t *testing.T) {
 	ns, other, unrelated := newNamespace(t), newNamespace(t), newNamespace(t)
+	setConsent(t, other, ns+"/lab")
 	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
 		s.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{ns, other}}
 	})

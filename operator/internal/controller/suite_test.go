@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -34,6 +35,10 @@ const (
 	operatorUser      = "system:serviceaccount:" + operatorNamespace + ":hyperdhcp-operator"
 	testImage         = "example.test/hyperdhcpd:test"
 	makeRunLabel      = "hyperdhcp.io/make-run"
+	// allowAllLabel marks the Servers left to the operator started with
+	// --allow-all-namespaces that TestAllNamespacesNeedsTheOperatorsFlag
+	// starts.
+	allowAllLabel = "hyperdhcp.io/test-allow-all"
 )
 
 var (
@@ -132,23 +137,12 @@ func run(m *testing.M) int {
 		return fail(err)
 	}
 	// Servers labelled makeRunLabel are left to the operator TestMakeTargets
-	// starts with `make run`.
-	notMakeRun, err := labels.Parse("!" + makeRunLabel)
+	// starts with `make run`, those labelled allowAllLabel to another.
+	others, err := labels.Parse("!" + makeRunLabel + ",!" + allowAllLabel)
 	if err != nil {
 		return fail(err)
 	}
-	mgr, err = ctrl.NewManager(operatorCfg, ctrl.Options{
-		Scheme:  scheme,
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		Cache:   CacheOptions(notMakeRun), // as the operator's own
-	})
-	if err != nil {
-		return fail(err)
-	}
-	reconciler = &ServerReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(),
-		Recorder: mgr.GetEventRecorder("hyperdhcp-operator"), Image: testImage,
-		MaxConcurrentReconciles: 4, NetworkAttachmentRecheck: time.Second}
-	if err := reconciler.SetupWithManager(mgr); err != nil {
+	if mgr, reconciler, err = newManager(others, false); err != nil {
 		return fail(err)
 	}
 	go func() {
@@ -157,6 +151,29 @@ func run(m *testing.M) int {
 		}
 	}()
 	return m.Run()
+}
+
+// newManager makes an operator with the operator's RBAC and cache options
+// for the Servers that serverSelector matches.
+func newManager(serverSelector labels.Selector, allowAllNamespaces bool) (ctrl.Manager, *ServerReconciler, error) {
+	m, err := ctrl.NewManager(operatorCfg, ctrl.Options{
+		Scheme:  scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache:   CacheOptions(serverSelector), // as the operator's own
+		// A second manager in this process names its controller "server" too.
+		Controller: config.Controller{SkipNameValidation: new(true)},
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	r := &ServerReconciler{Client: m.GetClient(), APIReader: m.GetAPIReader(),
+		Recorder: m.GetEventRecorder("hyperdhcp-operator"), Image: testImage,
+		MaxConcurrentReconciles: 4, NetworkAttachmentRecheck: time.Second,
+		AllowAllNamespaces: allowAllNamespaces}
+	if err := r.SetupWithManager(m); err != nil {
+		return nil, nil, err
+	}
+	return m, r, nil
 }
 
 var quiet atomic.Bool

@@ -147,16 +147,12 @@ func StatusRoleBinding(server *hyperdhcpv1beta1.Server) *rbacv1.RoleBinding {
 	}
 }
 
-// VMReaderBindings grant hyperdhcpd read access to VMs where it serves them:
-// a RoleBinding per namespace, or one ClusterRoleBinding when it serves all
-// namespaces; none when KubeVirt support is off.
-func VMReaderBindings(server *hyperdhcpv1beta1.Server) ([]*rbacv1.RoleBinding, *rbacv1.ClusterRoleBinding) {
-	if kv := server.Spec.KubeVirt; kv != nil && kv.Enabled != nil && !*kv.Enabled {
-		return nil, nil
-	}
+// VMReaderBindings grant hyperdhcpd read access to VMs where the operator
+// decided it may read them (package consent): a RoleBinding in each of
+// namespaces, or one ClusterRoleBinding when cluster is true.
+func VMReaderBindings(server *hyperdhcpv1beta1.Server, namespaces []string, cluster bool) ([]*rbacv1.RoleBinding, *rbacv1.ClusterRoleBinding) {
 	roleRef := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: VMReaderClusterRole}
-	namespaces := server.KubeVirtNamespaces()
-	if namespaces == nil {
+	if cluster {
 		return nil, &rbacv1.ClusterRoleBinding{
 			ObjectMeta: meta(server, ForeignName(server), ""),
 			RoleRef:    roleRef,
@@ -164,7 +160,7 @@ func VMReaderBindings(server *hyperdhcpv1beta1.Server) ([]*rbacv1.RoleBinding, *
 		}
 	}
 	var bindings []*rbacv1.RoleBinding
-	for _, ns := range slices.Sorted(slices.Values(namespaces)) {
+	for _, ns := range slices.Compact(slices.Sorted(slices.Values(namespaces))) {
 		name := Name(server) + "-vm-reader" // beside StatusRoleBinding
 		if ns != server.Namespace {
 			name = ForeignName(server)

@@ -143,28 +143,33 @@ func TestRBAC(t *testing.T) {
 		assert.NotContains(t, rule.Resources, "secrets")
 	}
 
+	// Which namespaces is package consent's decision; these are the shapes.
 	cases := []struct {
 		name       string
-		kubevirt   *hyperdhcpv1beta1.KubeVirtSpec
 		namespaces []string
 		cluster    bool
+		want       []string // namespace/name of each RoleBinding
 	}{
-		{"own namespace", &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(true)}, []string{"vms"}, false},
-		{"listed namespaces", &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(true), Namespaces: []string{"ci", "vms"}}, []string{"ci", "vms"}, false},
-		{"all namespaces", &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(true), AllNamespaces: true}, nil, true},
-		{"kubevirt off", &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(false)}, nil, false},
+		{"own namespace", []string{"vms"}, false, []string{"vms/hyperdhcpd-lab-vm-reader"}},
+		{"other namespaces", []string{"vms", "ci", "ci"}, false, []string{"ci/hyperdhcpd:vms:lab", "vms/hyperdhcpd-lab-vm-reader"}},
+		{"all namespaces", nil, true, nil},
+		{"none", nil, false, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			server.Spec.KubeVirt = tc.kubevirt
-			bindings, cluster := VMReaderBindings(server)
-			var namespaces []string
+			bindings, cluster := VMReaderBindings(server, tc.namespaces, tc.cluster)
+			var got []string
 			for _, b := range bindings {
-				namespaces = append(namespaces, b.Namespace)
+				got = append(got, b.Namespace+"/"+b.Name)
 				assert.Equal(t, VMReaderClusterRole, b.RoleRef.Name)
+				assert.Equal(t, subjects(server), b.Subjects)
 			}
-			assert.Equal(t, tc.namespaces, namespaces)
+			assert.Equal(t, tc.want, got)
 			assert.Equal(t, tc.cluster, cluster != nil)
+			if cluster != nil {
+				assert.Equal(t, "hyperdhcpd:vms:lab", cluster.Name)
+				assert.Equal(t, VMReaderClusterRole, cluster.RoleRef.Name)
+			}
 		})
 	}
 }
@@ -208,7 +213,7 @@ func TestChildNamesFit(t *testing.T) {
 	server.Spec.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{server.Namespace, "other"}}
 
 	names := []string{Name(server), PVCName(server)}
-	bindings, _ := VMReaderBindings(server)
+	bindings, _ := VMReaderBindings(server, server.Spec.KubeVirt.Namespaces, false)
 	var labels []map[string]string
 	for _, b := range bindings {
 		if b.Namespace == server.Namespace {
