@@ -192,7 +192,10 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	}{
 		{"ServiceAccount", func() error { return r.reconcileServiceAccount(ctx, server) }},
 		{"RBAC", func() error { return r.reconcileRBAC(ctx, server, grant) }},
-		{"ConfigMap", func() (err error) { configHash, err = r.reconcileConfigMap(ctx, server); return err }},
+		{"ConfigMap", func() (err error) {
+			configHash, err = r.reconcileConfigMap(ctx, render.WatchOnly(server, grant.Namespaces, grant.Cluster))
+			return err
+		}},
 		{"PersistentVolumeClaim", func() error { return r.reconcilePVC(ctx, server) }},
 		{"NetworkAttachment", func() (err error) { attachmentMissing, err = r.checkNetworkAttachment(ctx, server); return err }},
 		{"Deployment", func() (err error) {

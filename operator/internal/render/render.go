@@ -99,6 +99,24 @@ func Config(server *hyperdhcpv1beta1.Server) *config.Config {
 	return cfg
 }
 
+// WatchOnly returns a copy of server whose kubevirt settings name only the
+// namespaces hyperdhcpd was granted (all of them when cluster is true), so
+// that it watches nothing it may not read: a watch of a namespace that has
+// not consented would be Forbidden and keep hyperdhcpd degraded.
+func WatchOnly(server *hyperdhcpv1beta1.Server, namespaces []string, cluster bool) *hyperdhcpv1beta1.Server {
+	out := server.DeepCopy()
+	if out.Spec.KubeVirt == nil {
+		return out
+	}
+	out.Spec.KubeVirt.AllNamespaces = cluster
+	if cluster {
+		out.Spec.KubeVirt.Namespaces = nil
+	} else {
+		out.Spec.KubeVirt.Namespaces = slices.Clone(namespaces)
+	}
+	return out
+}
+
 // ConfigMap holds the rendered configuration; the hash goes on the pod
 // template so that a change rolls the pod.
 func ConfigMap(server *hyperdhcpv1beta1.Server) (*corev1.ConfigMap, string, error) {

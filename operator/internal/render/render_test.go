@@ -250,3 +250,18 @@ func TestForeignNamesDoNotCollide(t *testing.T) {
 	assert.NotEqual(t, ForeignName(server("a", "b")), Name(server("other", "a.b")))
 	assert.Empty(t, path.IsValidPathSegmentName(ForeignName(server("a", "b.c"))), "a valid RBAC object name")
 }
+
+func TestConfigWatchesOnlyGrantedNamespaces(t *testing.T) {
+	server := testServer()
+	server.Spec.KubeVirt.Namespaces = []string{"vms", "team-a", "team-b"}
+	cfg := Config(WatchOnly(server, []string{"team-a", "vms"}, false))
+	assert.Equal(t, []string{"team-a", "vms"}, cfg.Server.KubeVirt.Namespaces, "team-b has not consented")
+	assert.Equal(t, []string{"vms", "team-a", "team-b"}, server.Spec.KubeVirt.Namespaces, "the Server itself is not changed")
+
+	server.Spec.KubeVirt.AllNamespaces, server.Spec.KubeVirt.Namespaces = true, nil
+	cfg = Config(WatchOnly(server, []string{"vms"}, false))
+	assert.False(t, cfg.Server.KubeVirt.AllNamespaces, "allNamespaces not allowed: only the granted namespace")
+	assert.Equal(t, []string{"vms"}, cfg.Server.KubeVirt.Namespaces)
+	cfg = Config(WatchOnly(server, nil, true))
+	assert.True(t, cfg.Server.KubeVirt.AllNamespaces)
+}
