@@ -20,11 +20,13 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	kubevirtv1 "kubevirt.io/api/core/v1"
 	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
@@ -36,6 +38,11 @@ import (
 // may stop it) with the KubeVirt and Server CRDs, and returns a client and
 // a kubeconfig file for hyperdhcpd.
 func startAPIServer(t *testing.T) (*envtest.Environment, crclient.Client, string, string) {
+	return startAPIServerAs(t, envtest.User{Name: "hyperdhcpd", Groups: []string{"system:masters"}})
+}
+
+// startAPIServerAs is startAPIServer with hyperdhcpd's kubeconfig for user.
+func startAPIServerAs(t *testing.T, hyperdhcpd envtest.User) (*envtest.Environment, crclient.Client, string, string) {
 	t.Helper()
 	env, cfg, err := testenv.Start(
 		filepath.Join("..", "..", "plugins", "kubevirt", "testdata", "crd"),
@@ -43,7 +50,7 @@ func startAPIServer(t *testing.T) (*envtest.Environment, crclient.Client, string
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = env.Stop() })
 
-	user, err := env.AddUser(envtest.User{Name: "hyperdhcpd", Groups: []string{"system:masters"}}, nil)
+	user, err := env.AddUser(hyperdhcpd, nil)
 	require.NoError(t, err)
 	kubeconfig, err := user.KubeConfig()
 	require.NoError(t, err)
@@ -53,6 +60,7 @@ func startAPIServer(t *testing.T) (*envtest.Environment, crclient.Client, string
 	scheme := kruntime.NewScheme()
 	require.NoError(t, kubevirtv1.AddToScheme(scheme))
 	require.NoError(t, corev1.AddToScheme(scheme))
+	require.NoError(t, rbacv1.AddToScheme(scheme))
 	c, err := crclient.New(cfg, crclient.Options{Scheme: scheme})
 	require.NoError(t, err)
 	return env, c, path, cfg.Host
@@ -61,15 +69,20 @@ func startAPIServer(t *testing.T) (*envtest.Environment, crclient.Client, string
 // createVM makes a VirtualMachine (with annotations) and its VMI with one
 // interface on the test bed's network "lab", carrying mac.
 func createVM(t *testing.T, c crclient.Client, name, mac string, annotations map[string]string) *kubevirtv1.VirtualMachineInstance {
+	return createVMIn(t, c, "vms", "lab", name, mac, annotations)
+}
+
+// createVMIn is createVM in namespace, on the Multus network networkName.
+func createVMIn(t *testing.T, c crclient.Client, namespace, networkName, name, mac string, annotations map[string]string) *kubevirtv1.VirtualMachineInstance {
 	t.Helper()
 	ctx := context.Background()
-	vm := &kubevirtv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "vms", Name: name, Annotations: annotations}}
+	vm := &kubevirtv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Annotations: annotations}}
 	if err := c.Create(ctx, vm); err != nil {
 		require.NoError(t, c.Get(ctx, crclient.ObjectKeyFromObject(vm), vm), "create VM %s: %v", name, err)
 	}
-	vmi := &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: "vms", Name: name}}
+	vmi := &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
 	vmi.Spec.Networks = []kubevirtv1.Network{{Name: "lab", NetworkSource: kubevirtv1.NetworkSource{
-		Multus: &kubevirtv1.MultusNetwork{NetworkName: "lab"}}}}
+		Multus: &kubevirtv1.MultusNetwork{NetworkName: networkName}}}}
 	vmi.Spec.Domain.Devices.Interfaces = []kubevirtv1.Interface{{Name: "lab", MacAddress: mac}}
 	require.NoError(t, c.Create(ctx, vmi))
 	return vmi
@@ -178,6 +191,55 @@ func TestVMsGetTheirLeases(t *testing.T) {
 	assert.Equal(t, "192.168.50.20", db.renew().IP, "renewed from the lease database after a restart without the API")
 	readyz, _ := exec.Command("ip", "netns", "exec", b.serverNS, "busybox", "wget", "-qO-", "http://127.0.0.1:8067/readyz").CombinedOutput()
 	assert.NotContains(t, string(readyz), "ok", "readiness says degraded")
+}
+
+// TestVMsOfAConsentingNamespaceWithLeastPrivilege runs hyperdhcpd as the
+// operator sets it up when another namespace consents: a user that may read
+// VMs only through the hyperdhcp-vm-reader ClusterRole bound in the
+// Server's namespace and the consenting one, and a configuration that
+// names only those. The VM in the consenting namespace is served; one in a
+// namespace that did not consent is not; nothing is Forbidden, so
+// hyperdhcpd is not degraded.
+func TestVMsOfAConsentingNamespaceWithLeastPrivilege(t *testing.T) {
+	_, k8s, kubeconfig, apiHost := startAPIServerAs(t, envtest.User{Name: "hyperdhcpd-sa"})
+	ctx := context.Background()
+	data, err := os.ReadFile(filepath.Join("..", "..", "..", "deploy", "rbac", "vm_reader_clusterrole.yaml"))
+	require.NoError(t, err)
+	reader := &rbacv1.ClusterRole{}
+	require.NoError(t, yaml.UnmarshalStrict(data, reader))
+	require.NoError(t, k8s.Create(ctx, reader))
+	for _, ns := range []string{"vms", "team-a", "team-b"} {
+		require.NoError(t, k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+	}
+	for _, ns := range []string{"vms", "team-a"} { // what the operator binds once team-a consents
+		require.NoError(t, k8s.Create(ctx, &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "hyperdhcpd-lab-vm-reader"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: reader.Name},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "hyperdhcpd-sa"}},
+		}))
+	}
+	createVMIn(t, k8s, "team-a", "vms/lab", "consented", "02:00:5e:90:00:01", nil)
+	createVMIn(t, k8s, "team-b", "vms/lab", "refused", "02:00:5e:90:00:02", nil)
+
+	b := newTestBed(t, func(c *config.Config) {
+		c.Server.NetworkAttachment.Name = "lab"
+		c.Server.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{"vms", "team-a"}} // render.WatchOnly's output
+		c.Kubernetes = &config.Kubernetes{ServerName: "lab", ServerNamespace: "vms", Kubeconfig: kubeconfig,
+			SyncTimeout: &metav1.Duration{Duration: 10 * time.Second}}
+	})
+	forwardAPIServer(t, b.serverNS, apiHost)
+	b.startServer()
+	log, err := os.ReadFile(b.logPath)
+	require.NoError(t, err)
+	require.Contains(t, string(log), "serving KubeVirt VMs", "the first sync completes with only the granted rights")
+
+	got := (&udhcpc{c: b.addClient("02:00:5e:90:00:01")}).obtain()
+	inPool(t, got.IP)
+	stranger := b.addClient("02:00:5e:90:00:02")
+	out, err := stranger.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", stranger.hook(false), "-t", "3", "-T", "1").CombinedOutput()
+	assert.Error(t, err, "a VM of a namespace that did not consent is not served: %s", out)
+	readyz, err := exec.Command("ip", "netns", "exec", b.serverNS, "busybox", "wget", "-qO-", "http://127.0.0.1:8067/readyz").CombinedOutput()
+	assert.NoError(t, err, "ready, not degraded: %s", readyz)
 }
 
 // assertEvent waits for an Event on the VMI vms/name.
