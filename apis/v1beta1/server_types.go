@@ -186,6 +186,10 @@ type ServerSpec struct {
 	IdentifyClientsBy ClientIdentity `json:"identifyClientsBy,omitempty"`
 
 	// kubevirt configures how the server recognises KubeVirt virtual machines.
+	// A VM's lease is keyed by the VM (namespace, name, interface), so it keeps
+	// its address across restarts, migrations and MAC changes; the VM's name is
+	// its host name. The annotation hyperdhcp.io/ip.<interface>: <IPv4> on the
+	// VirtualMachine, its template or the VMI pins that interface's address.
 	// +optional
 	// +kubebuilder:default={}
 	KubeVirt *KubeVirtSpec `json:"kubevirt,omitempty"`
@@ -343,6 +347,10 @@ const (
 )
 
 // KubeVirtSpec configures how the server recognises KubeVirt virtual machines.
+// A VM's lease is keyed by the VM (namespace, name, interface), so it keeps
+// its address across restarts, migrations and MAC changes; the VM's name is
+// its host name. The annotation hyperdhcp.io/ip.<interface>: <IPv4> on the
+// VirtualMachine, its template or the VMI pins that interface's address.
 //
 // +kubebuilder:validation:XValidation:rule="!(has(self.allNamespaces) && self.allNamespaces && has(self.namespaces) && size(self.namespaces) > 0)",message="set either allNamespaces or namespaces, not both"
 type KubeVirtSpec struct {

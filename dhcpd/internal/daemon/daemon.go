@@ -84,7 +84,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if vms != nil {
 		opts.Resolver, opts.OnlyKnown = vms.index, *cfg.Server.KubeVirt.OnlyKnownVMs
 		opts.ResolverStale = func() bool { return vms.watcher.Degraded() != "" }
-		opts.Notify = vms.reporter.LeaseEvent
+		opts.Notify = func(e leasedb.LeaseEvent) {
+			if e.Reason == leasedb.EventPinUnusable {
+				metrics.PinsRefused(1)
+				log.Warn("pinned address refused; the VM is served from the pool", "vm", e.Key, "pin", e.IP)
+			}
+			vms.reporter.LeaseEvent(e)
+		}
 		defer vms.reporter.Close()
 	}
 	loadStart := time.Now()

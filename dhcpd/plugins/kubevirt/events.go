@@ -64,6 +64,9 @@ func (r *Reporter) LeaseEvent(e leasedb.LeaseEvent) {
 		r.recorder.Eventf(vmi, corev1.EventTypeNormal, e.Reason, "interface %s was given %s", iface, e.IP)
 	case leasedb.EventPoolExhausted:
 		r.recorder.Eventf(vmi, corev1.EventTypeWarning, e.Reason, "interface %s got no address: the pool is exhausted", iface)
+	case leasedb.EventPinUnusable:
+		r.recorder.Eventf(vmi, corev1.EventTypeWarning, e.Reason,
+			"interface %s is served from the pool: pinned address %s is outside the subnet, the server's, excluded, reserved or held by another client", iface, e.IP)
 	}
 }
 

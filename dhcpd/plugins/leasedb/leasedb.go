@@ -112,6 +112,10 @@ type LeaseEvent struct {
 const (
 	EventAssigned      = "AddressAssigned"
 	EventPoolExhausted = "PoolExhausted"
+	// EventPinUnusable: the pinned address (IP) is outside the subnet, the
+	// server's, excluded, reserved or held by another client; the VM is
+	// served from the pools. Told once per VM and address.
+	EventPinUnusable = "PinRefused"
 )
 
 // Resolver tells the plugin who sends a packet. It answers from memory:
@@ -185,11 +189,13 @@ type LeaseDB struct {
 	onlyKnown     bool
 	resolverStale func() bool
 	notify        func(LeaseEvent)
-	now           func() time.Time
-	log           *slog.Logger
-	observer      Observer
-	committer     *committer
-	store         Store
+	// pinUnusable remembers the unusable pin told per key, to tell it once.
+	pinUnusable sync.Map
+	now         func() time.Time
+	log         *slog.Logger
+	observer    Observer
+	committer   *committer
+	store       Store
 	// Warnings that could come once per packet are logged once a minute.
 	exhaustedWarning, commitWarning ratelimit.PerMinute
 
@@ -392,14 +398,23 @@ func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	var offered Lease
 	var reason string
 	var now time.Time
+	pinUnusable := false
 	db.locked(func(t time.Time) {
 		now = t
+		pinUnusable = c.pin.IsValid() && !db.alloc.pinUsable(c)
 		if e, why := db.alloc.discover(c, requested, now); e != nil {
 			offered = e.Lease
 		} else {
 			reason = why
 		}
 	})
+	if pinUnusable {
+		if last, told := db.pinUnusable.Swap(c.id, c.pin); !told || last != c.pin {
+			db.tell(c, EventPinUnusable, c.pin)
+		}
+	} else {
+		db.pinUnusable.Delete(c.id)
+	}
 	if reason != "" {
 		db.observer.Dropped(reason)
 		if reason == DropPoolExhausted {

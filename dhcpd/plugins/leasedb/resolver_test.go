@@ -125,3 +125,24 @@ func TestReleaseKeysFreesADeletedVMsLeases(t *testing.T) {
 	assert.Equal(t, int64(1), h.db.Stats().Used, "only the deleted VM's leases are freed")
 	require.NoError(t, h.db.Audit())
 }
+
+func TestAnUnusablePinIsToldOncePerAddress(t *testing.T) {
+	var events []LeaseEvent
+	resolver := &vms{byMAC: map[string]Identity{}}
+	h, _ := newFaultyHarness(t, func(o *Options) {
+		o.Resolver, o.OnlyKnown = resolver, true
+		o.Exclude = []netip.Addr{netip.MustParseAddr("192.168.50.30")}
+		o.Notify = func(e LeaseEvent) { events = append(events, e) }
+	})
+	resolver.set(mac(1), Identity{Key: "vm:lab/web/net1", Pin: netip.MustParseAddr("192.168.50.30")})
+	inPool := h.dora(mac(1))
+	h.dora(mac(1))
+	assert.NotEqual(t, netip.MustParseAddr("192.168.50.30"), inPool, "an excluded pin is not given; the VM is served from the pool")
+	var refusals []LeaseEvent
+	for _, e := range events {
+		if e.Reason == EventPinUnusable {
+			refusals = append(refusals, e)
+		}
+	}
+	assert.Equal(t, []LeaseEvent{{Key: "vm:lab/web/net1", Reason: EventPinUnusable, IP: netip.MustParseAddr("192.168.50.30")}}, refusals)
+}
