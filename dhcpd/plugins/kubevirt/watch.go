@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,6 +148,10 @@ func (w *Watcher) Start(ctx context.Context, syncTimeout time.Duration) (bool, e
 		toolscache.WaitForCacheSync(syncCtx.Done(), vmiHandler.HasSynced, vmHandler.HasSynced)
 	if synced {
 		w.degraded.Store(nil)
+		// The first list decodes every object in full before the transforms
+		// strip them: hand that garbage back to the system now rather than
+		// keep it resident (for 10,000 VMIs this is most of the RSS).
+		debug.FreeOSMemory()
 	} else {
 		msg := fmt.Sprintf("the first list of KubeVirt objects did not complete within %s", syncTimeout)
 		w.degraded.CompareAndSwap(nil, &msg)
