@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 )
 
 // hook records what dhclient was told and applies only the address: a stock
@@ -22,7 +24,7 @@ exit 0
 
 func (d *demo) runClients(ctx context.Context) error {
 	node := d.id + "-node"
-	for i, v := range vms {
+	for i, v := range append(slices.Clone(vms), stranger) {
 		ns := fmt.Sprintf("%s-%s", d.id, v.name)
 		if err := d.addNetns(ns); err != nil {
 			return err
@@ -78,13 +80,19 @@ exec dhclient -4 -d -v -sf "$1/hook.sh" -pf "$1/run/dhclient.pid" -lf "$1/state/
 			}
 		}
 		kind := "from the pool"
-		if v.reserved != "" {
-			kind = "reserved"
+		if v.pinned != "" {
+			kind = "pinned"
 		}
 		d.detail("%s %s: %s (%s) hostname=%s router=%s dns=%s domain=%s lease=%ss",
 			v.name, v.mac, env["new_ip_address"], kind, or(env["new_host_name"], "-"), env["new_routers"],
 			env["new_domain_name_servers"], env["new_domain_name"], env["new_dhcp_lease_time"])
 	}
+	// The stranger asked as long as the VMs took to be answered, and then some.
+	time.Sleep(3 * time.Second)
+	if _, err := os.Stat(filepath.Join(d.dir, "clients", stranger.name, "lease.env")); err == nil {
+		return fmt.Errorf("%s, a MAC of no VM, got a lease", stranger.name)
+	}
+	d.detail("%s %s: no answer (its MAC belongs to no VM on this network)", stranger.name, stranger.mac)
 	return nil
 }
 

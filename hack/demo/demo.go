@@ -17,12 +17,16 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	kubevirtv1 "kubevirt.io/api/core/v1"
 
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 )
@@ -33,16 +37,24 @@ const (
 	waitLimit  = 2 * time.Minute
 )
 
-// vm is a DHCP client of the demo; the first has a reserved (pinned) address.
+// vm is a KubeVirt VM of the demo (a VirtualMachine and its VMI, played by
+// a dhclient with the VMI's MAC); the first has an address pinned by
+// annotation.
 type vm struct {
 	name, mac string
-	reserved  string
+	pinned    string
 }
 
 var vms = []vm{
-	{name: "vm-1", mac: "02:00:5e:00:00:01", reserved: "192.168.50.150"},
+	{name: "vm-1", mac: "02:00:5e:00:00:01", pinned: "192.168.50.150"},
 	{name: "vm-2", mac: "02:00:5e:00:00:02"},
 }
+
+// stranger is a client whose MAC belongs to no VM: onlyKnownVMs keeps it out.
+var stranger = vm{name: "stranger", mac: "02:00:5e:00:00:99"}
+
+// vmInterface is the name of the VMs' interface on the Server's network.
+const vmInterface = "lab"
 
 type demo struct {
 	opts       options
@@ -91,10 +103,10 @@ func run(ctx context.Context, opts options) (err error) {
 	}{
 		{"building hyperdhcpd and hyperdhcp-operator", d.build},
 		{"starting a local control plane (etcd + kube-apiserver)", d.startControlPlane},
-		{"installing the CRD and starting the operator", d.startOperator},
+		{"installing the CRDs (Server, KubeVirt's VM and VMI) and starting the operator", d.startOperator},
 		{"applying Server " + namespace + "/" + serverName, d.applyServer},
 		{"playing the kubelet: hyperdhcpd from the Deployment and its ConfigMap, in a network namespace", d.runPod},
-		{"two VMs ask for addresses with dhclient", d.runClients},
+		{"two VMs and a stranger ask for addresses with dhclient", d.runClients},
 		{"what Kubernetes and the lease database say", d.report},
 	}
 	for _, s := range stepsToRun {
@@ -212,7 +224,9 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 	}
 	d.env = &envtest.Environment{
 		BinaryAssetsDirectory: strings.TrimSpace(string(out)),
-		CRDDirectoryPaths:     []string{filepath.Join(d.repo, "deploy", "crd")},
+		CRDDirectoryPaths: []string{filepath.Join(d.repo, "deploy", "crd"),
+			// KubeVirt's VirtualMachine and VirtualMachineInstance, schemaless.
+			filepath.Join(d.repo, "dhcpd", "plugins", "kubevirt", "testdata", "crd")},
 		ErrorIfCRDPathMissing: true,
 	}
 	d.env.ControlPlane.GetAPIServer().Configure().
@@ -226,6 +240,7 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 	scheme := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(scheme)
 	_ = hyperdhcpv1beta1.AddToScheme(scheme)
+	_ = kubevirtv1.AddToScheme(scheme)
 	if d.k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		return err
 	}
@@ -245,9 +260,22 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 	return nil
 }
 
-func (d *demo) startOperator(context.Context) error {
-	// The CRD went in with the control plane; the operator runs as a process.
-	_, err := d.start("operator.log", nil, d.bin("hyperdhcp-operator"), "--kubeconfig", d.kubeconfig,
+func (d *demo) startOperator(ctx context.Context) error {
+	// The CRDs went in with the control plane. The ClusterRole the operator
+	// binds for hyperdhcpd to read VMs comes from deploy/rbac, as with
+	// `kubectl apply -k deploy/default`; the operator runs as a process.
+	data, err := os.ReadFile(filepath.Join(d.repo, "deploy", "rbac", "vm_reader_clusterrole.yaml"))
+	if err != nil {
+		return err
+	}
+	reader := &rbacv1.ClusterRole{}
+	if err := yaml.UnmarshalStrict(data, reader); err != nil {
+		return fmt.Errorf("vm_reader_clusterrole.yaml: %w", err)
+	}
+	if err := d.k8s.Create(ctx, reader); err != nil {
+		return fmt.Errorf("create ClusterRole %s: %w", reader.Name, err)
+	}
+	_, err = d.start("operator.log", nil, d.bin("hyperdhcp-operator"), "--kubeconfig", d.kubeconfig,
 		"--hyperdhcpd-image", "hyperdhcpd:demo", "--metrics-bind-address", "0", "--health-probe-bind-address", "0")
 	return err
 }
@@ -265,18 +293,44 @@ func (d *demo) applyServer(ctx context.Context) error {
 			Router:            "192.168.50.1",
 			DNS:               []hyperdhcpv1beta1.IPv4Address{"192.168.50.53"},
 			DomainName:        "demo.internal",
-			Reservations: []hyperdhcpv1beta1.Reservation{
-				{MAC: hyperdhcpv1beta1.MACAddress(vms[0].mac), IP: hyperdhcpv1beta1.IPv4Address(vms[0].reserved), Hostname: vms[0].name},
-			},
-			// The demo's "VMs" are plain DHCP clients on an API server
-			// without KubeVirt: serve them as such.
-			KubeVirt: &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(false)},
 		},
 	}
 	if err := d.k8s.Create(ctx, server); err != nil {
 		return err
 	}
-	d.detail("serverIP 192.168.50.2/24, pool 192.168.50.100-199, %s pinned to %s", vms[0].name, vms[0].reserved)
+	d.detail("serverIP 192.168.50.2/24, pool 192.168.50.100-199, only known VMs (the default)")
+	for _, v := range vms {
+		if err := d.createVM(ctx, v, v.mac); err != nil {
+			return err
+		}
+		pin := "served from the pool"
+		if v.pinned != "" {
+			pin = fmt.Sprintf("pinned by hyperdhcp.io/ip.%s: %s", vmInterface, v.pinned)
+		}
+		d.detail("VirtualMachine %s and its VMI, %s on lab-bridge, %s", v.name, v.mac, pin)
+	}
+	return nil
+}
+
+// createVM creates v's VirtualMachine (if missing) and a VMI with mac on
+// the Server's network, as KubeVirt would for a running VM.
+func (d *demo) createVM(ctx context.Context, v vm, mac string) error {
+	machine := &kubevirtv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: v.name}}
+	if v.pinned != "" {
+		machine.Annotations = map[string]string{"hyperdhcp.io/ip." + vmInterface: v.pinned}
+	}
+	if err := d.k8s.Create(ctx, machine); client.IgnoreAlreadyExists(err) != nil {
+		return fmt.Errorf("create VirtualMachine %s: %w", v.name, err)
+	}
+	vmi := &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: v.name}}
+	vmi.Spec.Networks = []kubevirtv1.Network{{Name: vmInterface,
+		NetworkSource: kubevirtv1.NetworkSource{Multus: &kubevirtv1.MultusNetwork{NetworkName: "lab-bridge"}}}}
+	vmi.Spec.Domain.Devices.Interfaces = []kubevirtv1.Interface{{Name: vmInterface, MacAddress: mac}}
+	vmi.Status.Phase = kubevirtv1.Running
+	vmi.Status.ActivePods = map[types.UID]string{types.UID(v.name + "-launcher-1"): "node-1"}
+	if err := d.k8s.Create(ctx, vmi); err != nil {
+		return fmt.Errorf("create VirtualMachineInstance %s: %w", v.name, err)
+	}
 	return nil
 }
 
@@ -509,6 +563,18 @@ func (d *demo) report(ctx context.Context) error {
 	d.detail("$ kubectl get servers -n %s", namespace)
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		d.detail("%s", line)
+	}
+	out, err = exec.CommandContext(ctx, "kubectl", "--kubeconfig", d.kubeconfig, "describe", "vmi", vms[0].name, "-n", namespace).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kubectl describe vmi: %w: %s", err, out)
+	}
+	d.detail("$ kubectl describe vmi %s -n %s | sed -n '/^Events:/,$p'", vms[0].name, namespace)
+	_, events, _ := strings.Cut(string(out), "Events:")
+	d.detail("Events:")
+	for _, line := range strings.Split(strings.TrimRight(events, "\n"), "\n") {
+		if strings.TrimSpace(line) != "" {
+			d.detail("%s", line)
+		}
 	}
 	out, err = exec.CommandContext(ctx, d.bin("hyperdhcpd"), "leases", "list", "--lease-database", filepath.Join(d.leases, "leases.db")).CombinedOutput()
 	if err != nil {
