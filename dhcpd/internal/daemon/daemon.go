@@ -62,13 +62,39 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	var db *leasedb.LeaseDB
+	// The HTTP endpoints come up first: the kubelet probes liveness while
+	// hyperdhcpd waits for the first list of VMs and loads its leases, and
+	// a start that takes its time must not be killed as a hang.
+	var dbRef atomic.Pointer[leasedb.LeaseDB]
+	var srvRef atomic.Pointer[server.Server]
+	var vmsRef atomic.Pointer[vmWatch]
 	metrics := server.NewMetrics(func() leasedb.Stats {
-		if db == nil {
-			return leasedb.Stats{}
+		if db := dbRef.Load(); db != nil {
+			return db.Stats()
 		}
-		return db.Stats()
+		return leasedb.Stats{}
 	})
+	live := func() error {
+		srv, db := srvRef.Load(), dbRef.Load()
+		if srv == nil || db == nil {
+			return nil // starting
+		}
+		return errors.Join(srv.Check(time.Now(), livenessTimeout), db.Check(livenessTimeout))
+	}
+	degraded := func() string {
+		if vms := vmsRef.Load(); vms != nil {
+			return vms.watcher.Degraded()
+		}
+		return ""
+	}
+	var ready atomic.Bool
+	stopHTTP, err := serveHTTP(cfg.MetricsAddress, metrics, &ready, live, degraded, log)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	defer stopHTTP()
+
 	opts, err := leasedb.OptionsFromSpec(&cfg.Server)
 	if err != nil {
 		store.Close()
@@ -82,6 +108,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	if vms != nil {
+		vmsRef.Store(vms)
 		opts.Resolver, opts.OnlyKnown = vms.index, *cfg.Server.KubeVirt.OnlyKnownVMs
 		opts.ResolverStale = func() bool { return vms.watcher.Degraded() != "" }
 		opts.Notify = func(e leasedb.LeaseEvent) {
@@ -94,12 +121,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		defer vms.reporter.Close()
 	}
 	loadStart := time.Now()
-	db, err = leasedb.New(ctx, opts)
+	db, err := leasedb.New(ctx, opts)
 	if err != nil {
 		store.Close()
 		return err
 	}
 	defer db.Close()
+	dbRef.Store(db)
 	log.Info("leases loaded", "took", time.Since(loadStart), "pool", db.Stats())
 	if vms != nil {
 		vms.watcher.OnVMGone(func(namespace, name string) {
@@ -119,21 +147,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer conn.Close()
 
 	srv := server.New(conn, chain, metrics, log)
-	live := func() error {
-		return errors.Join(srv.Check(time.Now(), livenessTimeout), db.Check(livenessTimeout))
-	}
-	var ready atomic.Bool
-	degraded := func() string {
-		if vms == nil {
-			return ""
-		}
-		return vms.watcher.Degraded()
-	}
-	stopHTTP, err := serveHTTP(cfg.MetricsAddress, metrics, &ready, live, degraded, log)
-	if err != nil {
-		return err
-	}
-	defer stopHTTP()
+	srvRef.Store(srv)
 
 	go func() {
 		ticker := time.NewTicker(reclaimInterval)

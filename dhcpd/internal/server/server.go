@@ -93,8 +93,9 @@ func (s *Server) Serve(ctx context.Context) error {
 					s.workerBeat.Store(time.Now().UnixNano())
 					continue
 				}
-				// A full queue keeps heartbeats out; packets taken count too.
-				s.workerBeat.Store(p.received.UnixNano())
+				// A full queue keeps heartbeats out; packets taken count too
+				// (when taken, not when received: a backlog is not a hang).
+				s.workerBeat.Store(time.Now().UnixNano())
 				s.answer(p)
 			}
 		})

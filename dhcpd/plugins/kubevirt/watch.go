@@ -217,8 +217,14 @@ func (w *Watcher) vmDeleted(ctx context.Context, namespace, name string) {
 	time.AfterFunc(w.Grace, func() {
 		w.mu.Lock()
 		recreated, gone := w.vms[key] != seen, w.onVMGone
+		if !recreated {
+			delete(w.vms, key)
+		}
 		w.mu.Unlock()
-		if !recreated && ctx.Err() == nil && gone != nil {
+		// A VMI that outlives its VM (an orphaning delete) still runs and
+		// still uses its address: its lease ends by expiry, not here.
+		_, running := w.index.VMI(namespace, name)
+		if !recreated && !running && ctx.Err() == nil && gone != nil {
 			gone(namespace, name)
 		}
 	})

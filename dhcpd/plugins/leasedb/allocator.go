@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 )
 
 // entry is the allocator's record of one address: the lease plus its place
@@ -380,7 +382,8 @@ func (a *allocator) pinnedToOther(ip netip.Addr, c client) bool {
 // the pools; the Resolver reports why.
 func (a *allocator) pinUsable(c client) bool {
 	switch {
-	case !c.pin.IsValid(), !a.server.Masked().Contains(c.pin), c.pin == a.server.Addr(), a.excluded[c.pin], a.reservedIPs[c.pin]:
+	case !c.pin.IsValid(), !a.server.Masked().Contains(c.pin), c.pin == a.server.Addr(), a.excluded[c.pin], a.reservedIPs[c.pin],
+		c.pin == a.server.Masked().Addr(), c.pin == hyperdhcpv1beta1.BroadcastAddress(a.server):
 		return false
 	}
 	holder := a.byIP[c.pin]

@@ -116,11 +116,14 @@ func (c *committer) run() {
 	defer close(c.done)
 	var retry <-chan time.Time
 	for {
-		select {
-		case <-c.wake:
-		case <-retry:
+		if retry != nil {
+			// After a failure, new changes wait for the back-off too: a full
+			// disk must not be retried once per packet.
+			<-retry
+			retry = nil
+		} else {
+			<-c.wake
 		}
-		retry = nil
 		if c.window > 0 {
 			time.Sleep(c.window)
 		}

@@ -381,7 +381,10 @@ func (db *LeaseDB) Handler4(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 		return nil, true
 	case dhcpv4.MessageTypeInform:
 		// INFORM: the client has an address already; answer options only,
-		// without yiaddr or lease time (RFC 2131 4.3.5).
+		// without yiaddr or lease time (RFC 2131 4.3.5) — if it may be served.
+		if _, known := db.clientOf(req); !known {
+			return nil, true
+		}
 		return resp, false
 	default:
 		db.observer.Dropped(DropUnsupported)

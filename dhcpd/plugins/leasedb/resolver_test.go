@@ -146,3 +146,22 @@ func TestAnUnusablePinIsToldOncePerAddress(t *testing.T) {
 	}
 	assert.Equal(t, []LeaseEvent{{Key: "vm:lab/web/net1", Reason: EventPinUnusable, IP: netip.MustParseAddr("192.168.50.30")}}, refusals)
 }
+
+func TestPinsOnTheNetworkOrBroadcastAddressAreRefused(t *testing.T) {
+	h, resolver := newVMHarness(t, true)
+	for i, pin := range []string{"192.168.50.0", "192.168.50.255"} {
+		hw := mac(byte(10 + i))
+		resolver.set(hw, Identity{Key: "vm:lab/vm" + pin + "/net1", Pin: netip.MustParseAddr(pin)})
+		assert.NotEqual(t, netip.MustParseAddr(pin), h.dora(hw), "%s is no host address", pin)
+	}
+}
+
+func TestInformFromAnUnknownMACIsNotAnswered(t *testing.T) {
+	h, resolver := newVMHarness(t, true)
+	inform := func(hw net.HardwareAddr) *dhcpv4.DHCPv4 {
+		return h.handle(packet(t, dhcpv4.MessageTypeInform, hw, dhcpv4.WithClientIP(net.IPv4(192, 168, 50, 77))))
+	}
+	assert.Nil(t, inform(mac(9)))
+	resolver.set(mac(1), Identity{Key: "vm:lab/web/net1"})
+	assert.NotNil(t, inform(mac(1)))
+}
