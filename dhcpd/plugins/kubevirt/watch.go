@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	kubevirtv1 "kubevirt.io/api/core/v1"
@@ -33,6 +34,10 @@ type Watcher struct {
 	index *Index
 	cache cache.Cache
 	log   *slog.Logger
+	// api answers a cheap request that tells whether the API is reachable:
+	// informers retry a broken watch quietly, so they cannot tell.
+	api    func(context.Context) error
+	synced atomic.Bool
 	// degraded holds the last watch error until the watches recover.
 	degraded atomic.Pointer[string]
 	// OnRefused, when set before Start, is told of pins the index refused.
@@ -95,7 +100,39 @@ func NewWatcher(cfg *rest.Config, index *Index, namespaces []string, log *slog.L
 		return nil, fmt.Errorf("KubeVirt cache: %w", err)
 	}
 	w.cache = c
+	pingConfig := rest.CopyConfig(cfg)
+	pingConfig.Timeout = 5 * time.Second
+	clientset, err := kubernetes.NewForConfig(pingConfig)
+	if err != nil {
+		return nil, fmt.Errorf("API client: %w", err)
+	}
+	w.api = func(context.Context) error { _, err := clientset.Discovery().ServerVersion(); return err }
 	return w, nil
+}
+
+// healthInterval is how often the watcher checks that the API answers.
+const healthInterval = 10 * time.Second
+
+// watchHealth keeps Degraded true while the API does not answer and clears
+// it once it does and the first list is complete, until ctx ends.
+func (w *Watcher) watchHealth(ctx context.Context) {
+	ticker := time.NewTicker(healthInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		if err := w.api(ctx); err != nil {
+			msg := "the API server does not answer: " + err.Error()
+			if w.degraded.Swap(&msg) == nil {
+				w.log.Warn("cannot reach the API; answering VMs from the last state seen", "error", err)
+			}
+		} else if w.synced.Load() && w.degraded.Swap(nil) != nil {
+			w.log.Info("the API answers again; serving VMs from it")
+		}
+	}
 }
 
 // Start runs the informers until ctx ends and waits up to syncTimeout for
@@ -146,7 +183,9 @@ func (w *Watcher) Start(ctx context.Context, syncTimeout time.Duration) (bool, e
 	// every object, not only the informers' stores.
 	synced := w.cache.WaitForCacheSync(syncCtx) &&
 		toolscache.WaitForCacheSync(syncCtx.Done(), vmiHandler.HasSynced, vmHandler.HasSynced)
+	go w.watchHealth(ctx)
 	if synced {
+		w.synced.Store(true)
 		w.degraded.Store(nil)
 		// The first list decodes every object in full before the transforms
 		// strip them: hand that garbage back to the system now rather than
@@ -157,7 +196,9 @@ func (w *Watcher) Start(ctx context.Context, syncTimeout time.Duration) (bool, e
 		w.degraded.CompareAndSwap(nil, &msg)
 		go func() {
 			// The informers keep trying; degraded ends when they get through.
-			if w.cache.WaitForCacheSync(ctx) {
+			if w.cache.WaitForCacheSync(ctx) &&
+				toolscache.WaitForCacheSync(ctx.Done(), vmiHandler.HasSynced, vmHandler.HasSynced) {
+				w.synced.Store(true)
 				w.degraded.Store(nil)
 				w.log.Info("KubeVirt objects listed; serving VMs from the API again")
 			}
@@ -177,7 +218,6 @@ func (w *Watcher) Degraded() string {
 
 func (w *Watcher) setVMI(obj any) {
 	if v, ok := obj.(*kubevirtv1.VirtualMachineInstance); ok {
-		w.degraded.Store(nil) // an event arrived: the watch works
 		w.refused(w.index.SetVMI(v))
 	}
 }
@@ -187,7 +227,6 @@ func (w *Watcher) setVM(obj any) {
 	if !ok {
 		return
 	}
-	w.degraded.Store(nil)
 	w.mu.Lock()
 	w.vms[v.Namespace+"/"+v.Name]++
 	w.mu.Unlock()

@@ -185,6 +185,10 @@ func TestVMsGetTheirLeases(t *testing.T) {
 	cutAPI()
 	require.NoError(t, env.ControlPlane.APIServer.Stop())
 	assert.Equal(t, "192.168.50.20", db.renew().IP, "renewed from the cache while the API is down")
+	assert.Eventually(t, func() bool {
+		out, _ := exec.Command("ip", "netns", "exec", b.serverNS, "busybox", "wget", "-qO-", "-S", "http://127.0.0.1:8067/readyz").CombinedOutput()
+		return strings.Contains(string(out), "503")
+	}, 20*time.Second, 500*time.Millisecond, "a running hyperdhcpd notices the API is gone: not ready")
 	// ... and after a restart of hyperdhcpd without the API, from the lease database.
 	b.stopServer(syscall.SIGTERM)
 	b.startServer()
