@@ -7,7 +7,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	kubevirtv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // hook records what dhclient was told and applies only the address: a stock
@@ -23,61 +29,15 @@ exit 0
 `
 
 func (d *demo) runClients(ctx context.Context) error {
-	node := d.id + "-node"
 	for i, v := range append(slices.Clone(vms), stranger) {
-		ns := fmt.Sprintf("%s-%s", d.id, v.name)
-		if err := d.addNetns(ns); err != nil {
-			return err
-		}
-		port := fmt.Sprintf("vm%d", i+1)
-		if err := d.ip("-n", node, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
-			return err
-		}
-		if err := d.ip("-n", node, "link", "set", port, "master", "br-lab", "up"); err != nil {
-			return err
-		}
-		if err := d.ip("-n", ns, "link", "set", "eth0", "address", v.mac, "up"); err != nil {
-			return err
-		}
-		dir := filepath.Join(d.dir, "clients", v.name)
-		for _, sub := range []string{"run", "state"} {
-			if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
-				return err
-			}
-		}
-		result := filepath.Join(dir, "lease.env")
-		if err := os.WriteFile(filepath.Join(dir, "hook.sh"), []byte(fmt.Sprintf(hook, result, result, result)), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), nil, 0o644); err != nil {
-			return err
-		}
-		// A private mount namespace: /run, dhclient's state and resolv.conf
-		// are this client's own files.
-		script := `set -e
-mount --bind "$1/run" /run
-[ -d /var/lib/dhcp ] && mount --bind "$1/state" /var/lib/dhcp
-mount --bind "$1/resolv.conf" /etc/resolv.conf
-exec dhclient -4 -d -v -sf "$1/hook.sh" -pf "$1/run/dhclient.pid" -lf "$1/state/dhclient.leases" eth0`
-		if _, err := d.start(v.name+".log", nil, "ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
-			"sh", "-c", script, "sh", dir); err != nil {
+		if err := d.startClient(v.name, v.mac, fmt.Sprintf("vm%d", i+1)); err != nil {
 			return err
 		}
 	}
 	for _, v := range vms {
-		result := filepath.Join(d.dir, "clients", v.name, "lease.env")
-		if err := waitFor(ctx, func() bool { _, err := os.Stat(result); return err == nil }); err != nil {
-			return fmt.Errorf("%s got no lease: %w", v.name, err)
-		}
-		data, err := os.ReadFile(result)
+		env, err := d.waitLease(ctx, v.name)
 		if err != nil {
 			return err
-		}
-		env := map[string]string{}
-		for _, line := range strings.Split(string(data), "\n") {
-			if k, val, ok := strings.Cut(line, "="); ok {
-				env[k] = strings.Trim(val, "'")
-			}
 		}
 		kind := "from the pool"
 		if v.pinned != "" {
@@ -96,9 +56,161 @@ exec dhclient -4 -d -v -sf "$1/hook.sh" -pf "$1/run/dhclient.pid" -lf "$1/state/
 	return nil
 }
 
+// waitLease waits for the lease the client in clients/<name> reports and
+// returns what dhclient was told.
+func (d *demo) waitLease(ctx context.Context, name string) (map[string]string, error) {
+	result := filepath.Join(d.dir, "clients", name, "lease.env")
+	if err := waitFor(ctx, func() bool { _, err := os.Stat(result); return err == nil }); err != nil {
+		return nil, fmt.Errorf("%s got no lease: %w", name, err)
+	}
+	data, err := os.ReadFile(result)
+	if err != nil {
+		return nil, err
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, val, ok := strings.Cut(line, "="); ok {
+			env[k] = strings.Trim(val, "'")
+		}
+	}
+	return env, nil
+}
+
+// moveVMs migrates vm-1 (a new virt-launcher pod on another node; its
+// dhclient restarts and asks for its address again) and restarts vm-2 with
+// a new MAC (a new VMI): both keep their addresses.
+func (d *demo) moveVMs(ctx context.Context) error {
+	migrated, restarted := vms[0], vms[1]
+	before, err := d.waitLease(ctx, restarted.name)
+	if err != nil {
+		return err
+	}
+
+	vmi := &kubevirtv1.VirtualMachineInstance{}
+	if err := d.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: migrated.name}, vmi); err != nil {
+		return err
+	}
+	vmi.Status.MigrationState = &kubevirtv1.VirtualMachineInstanceMigrationState{
+		SourcePod: migrated.name + "-launcher-1", TargetPod: migrated.name + "-launcher-2", TargetNode: "node-2", Completed: true}
+	vmi.Status.ActivePods = map[types.UID]string{types.UID(migrated.name + "-launcher-2"): "node-2"}
+	vmi.Status.NodeName = "node-2"
+	if err := d.k8s.Update(ctx, vmi); err != nil {
+		return fmt.Errorf("migrate %s: %w", migrated.name, err)
+	}
+	if err := d.restartClient(migrated.name); err != nil {
+		return err
+	}
+	env, err := d.waitLease(ctx, migrated.name)
+	if err != nil {
+		return err
+	}
+	d.detail("%s migrated to node-2 (virt-launcher %s-launcher-2), asked again: %s", migrated.name, migrated.name, env["new_ip_address"])
+
+	if err := d.stopClient(restarted.name); err != nil {
+		return err
+	}
+	if err := d.k8s.Delete(ctx, &kubevirtv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: restarted.name}}); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, func() bool {
+		return d.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: restarted.name}, &kubevirtv1.VirtualMachineInstance{}) != nil
+	}); err != nil {
+		return err
+	}
+	const newMAC = "02:00:5e:00:00:22"
+	if err := d.createVM(ctx, restarted, newMAC); err != nil {
+		return err
+	}
+	if err := d.startClient(restarted.name+"-new-mac", newMAC, "vm9"); err != nil {
+		return err
+	}
+	env, err = d.waitLease(ctx, restarted.name+"-new-mac")
+	if err != nil {
+		return err
+	}
+	d.detail("%s restarted with a new MAC %s: %s (before: %s)", restarted.name, newMAC, env["new_ip_address"], before["new_ip_address"])
+	return nil
+}
+
+// stopClient ends a client's dhclient without a RELEASE, as a VM that
+// stops or moves does.
+func (d *demo) stopClient(name string) error {
+	cmd := d.clients[name]
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	return waitFor(context.Background(), func() bool { return syscall.Kill(cmd.Process.Pid, 0) != nil })
+}
+
+// restartClient restarts a client's dhclient on its lease file: it asks for
+// its address again (INIT-REBOOT), as a guest does after a migration.
+func (d *demo) restartClient(name string) error {
+	if err := d.stopClient(name); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(d.dir, "clients", name, "lease.env")); err != nil {
+		return err
+	}
+	return d.startDhclient(name, d.netns[name])
+}
+
 func or(s, def string) string {
 	if s == "" {
 		return def
 	}
 	return s
+}
+
+// startClient plays a VM's NIC: a namespace whose eth0, with mac, is on the
+// node's bridge through port, and a dhclient in it whose hook writes what it
+// was told to clients/<name>/lease.env.
+func (d *demo) startClient(name, mac, port string) error {
+	node := d.id + "-node"
+	v := vm{name: name, mac: mac}
+	ns := fmt.Sprintf("%s-%s", d.id, port)
+	if err := d.addNetns(ns); err != nil {
+		return err
+	}
+	if err := d.ip("-n", node, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+		return err
+	}
+	if err := d.ip("-n", node, "link", "set", port, "master", "br-lab", "up"); err != nil {
+		return err
+	}
+	if err := d.ip("-n", ns, "link", "set", "eth0", "address", v.mac, "up"); err != nil {
+		return err
+	}
+	dir := filepath.Join(d.dir, "clients", v.name)
+	for _, sub := range []string{"run", "state"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return err
+		}
+	}
+	result := filepath.Join(dir, "lease.env")
+	if err := os.WriteFile(filepath.Join(dir, "hook.sh"), []byte(fmt.Sprintf(hook, result, result, result)), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), nil, 0o644); err != nil {
+		return err
+	}
+	return d.startDhclient(v.name, ns)
+}
+
+// startDhclient runs dhclient for the client clients/<name> in namespace ns.
+func (d *demo) startDhclient(name, ns string) error {
+	dir := filepath.Join(d.dir, "clients", name)
+	// A private mount namespace: /run, dhclient's state and resolv.conf
+	// are this client's own files.
+	script := `set -e
+mount --bind "$1/run" /run
+[ -d /var/lib/dhcp ] && mount --bind "$1/state" /var/lib/dhcp
+mount --bind "$1/resolv.conf" /etc/resolv.conf
+exec dhclient -4 -d -v -sf "$1/hook.sh" -pf "$1/run/dhclient.pid" -lf "$1/state/dhclient.leases" eth0`
+	cmd, err := d.start(name+".log", nil, "ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
+		"sh", "-c", script, "sh", dir)
+	if err != nil {
+		return err
+	}
+	d.clients[name], d.netns[name] = cmd, ns
+	return nil
 }

@@ -67,6 +67,9 @@ type demo struct {
 	kubeconfig string
 	id         string
 	leases     string // the lease database's directory (the PVC)
+	// clients are the dhclients by client name, and their namespaces.
+	clients map[string]*exec.Cmd
+	netns   map[string]string
 }
 
 func run(ctx context.Context, opts options) (err error) {
@@ -81,7 +84,8 @@ func run(ctx context.Context, opts options) (err error) {
 	if err != nil {
 		return err
 	}
-	d := &demo{opts: opts, repo: repo, dir: dir, id: fmt.Sprintf("hdemo%d", os.Getpid()%10000)}
+	d := &demo{opts: opts, repo: repo, dir: dir, id: fmt.Sprintf("hdemo%d", os.Getpid()%10000),
+		clients: map[string]*exec.Cmd{}, netns: map[string]string{}}
 	defer func() {
 		if err != nil {
 			// Keep the logs of a failed run; everything else goes.
@@ -107,6 +111,7 @@ func run(ctx context.Context, opts options) (err error) {
 		{"applying Server " + namespace + "/" + serverName, d.applyServer},
 		{"playing the kubelet: hyperdhcpd from the Deployment and its ConfigMap, in a network namespace", d.runPod},
 		{"two VMs and a stranger ask for addresses with dhclient", d.runClients},
+		{"vm-1 migrates to another node, vm-2 restarts with a new MAC", d.moveVMs},
 		{"what Kubernetes and the lease database say", d.report},
 	}
 	for _, s := range stepsToRun {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"regexp"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -19,6 +20,11 @@ func TestDemo(t *testing.T) {
 	assert.Regexp(t, `vm-1 02:00:5e:00:00:01: 192\.168\.50\.150 \(pinned\) hostname=vm-1 router=192\.168\.50\.1 dns=192\.168\.50\.53 domain=demo\.internal lease=3600s`, printed)
 	assert.Regexp(t, `vm-2 02:00:5e:00:00:02: 192\.168\.50\.1\d\d \(from the pool\) hostname=vm-2 router=192\.168\.50\.1 `, printed)
 	assert.Contains(t, printed, "stranger 02:00:5e:00:00:99: no answer")
+	assert.Regexp(t, `vm-1 migrated to node-2 \(virt-launcher vm-1-launcher-2\), asked again: 192\.168\.50\.150\n`, printed)
+	moved := regexp.MustCompile(`vm-2 restarted with a new MAC 02:00:5e:00:00:22: (\S+) \(before: (\S+)\)`).FindStringSubmatch(printed)
+	if assert.NotNil(t, moved, "vm-2's restart is printed") {
+		assert.Equal(t, moved[2], moved[1], "a VM keeps its address across a new MAC")
+	}
 	assert.Regexp(t, `lab\s+lab-bridge\s+192\.168\.50\.2/24\s+2\s+98\s+True`, printed, "kubectl get servers: used=2, Ready")
 	assert.Regexp(t, `Normal\s+AddressAssigned\s+.*hyperdhcpd\s+interface lab was given 192\.168\.50\.150`, printed, "kubectl describe vmi shows hyperdhcpd's Event")
 	assert.Regexp(t, `192\.168\.50\.150\s+02:00:5e:00:00:01\s+vm-1\s+bound\s+\S+\s+vm:demo/vm-1/lab`, printed, "hyperdhcpd leases list: the lease belongs to the VM")
