@@ -54,7 +54,7 @@ func TestCheckSeesStuckWorkers(t *testing.T) {
 	t.Cleanup(func() { close(release) }) // runs before the server's cleanup waits for its workers
 
 	time.Sleep(1500 * time.Millisecond)
-	require.NoError(t, srv.Check(time.Now(), time.Second), "idle, the heartbeats keep it alive")
+	require.NoError(t, srv.Check(time.Now(), 3*time.Second), "idle, the heartbeats (every second) keep it alive")
 
 	for i := range workers + 10 {
 		_, err := client.Write(discoverBytes(t, i))

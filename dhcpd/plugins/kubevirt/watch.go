@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -230,20 +229,9 @@ func (w *Watcher) setVM(obj any) {
 	w.mu.Lock()
 	w.vms[v.Namespace+"/"+v.Name]++
 	w.mu.Unlock()
-	pins := maps.Clone(v.Annotations)
-	if v.Spec.Template != nil {
-		// The template's annotations reach the VMI itself; the VM's own
-		// annotations are the ones a VMI does not carry.
-		for k, val := range v.Spec.Template.ObjectMeta.Annotations {
-			if _, set := pins[k]; !set {
-				if pins == nil {
-					pins = map[string]string{}
-				}
-				pins[k] = val
-			}
-		}
-	}
-	w.refused(w.index.SetVMPins(v.Namespace, v.Name, pins))
+	// Only the VM's own annotations: its template's reach the VMI itself
+	// when KubeVirt creates it, and are read there.
+	w.refused(w.index.SetVMPins(v.Namespace, v.Name, v.Annotations))
 }
 
 // vmDeleted frees a deleted VM's leases after the grace period, unless a VM
@@ -338,7 +326,7 @@ func stripVMI(in any) (any, error) {
 	return out, nil
 }
 
-// stripVM keeps the VM's pin annotations and its template's.
+// stripVM keeps the VM's pin annotations.
 func stripVM(in any) (any, error) {
 	v, ok := in.(*kubevirtv1.VirtualMachine)
 	if !ok {
@@ -348,10 +336,6 @@ func stripVM(in any) (any, error) {
 		Name: v.Name, Namespace: v.Namespace, UID: v.UID, ResourceVersion: v.ResourceVersion,
 		Annotations: ours(v.Annotations),
 	}}
-	if v.Spec.Template != nil {
-		out.Spec.Template = &kubevirtv1.VirtualMachineInstanceTemplateSpec{
-			ObjectMeta: metav1.ObjectMeta{Annotations: ours(v.Spec.Template.ObjectMeta.Annotations)}}
-	}
 	out.Status.PrintableStatus = v.Status.PrintableStatus
 	return out, nil
 }

@@ -20,7 +20,6 @@ func TestLapsedOfferFloodDoesNotShrinkThePool(t *testing.T) {
 	h.clock.Advance(time.Minute) // every offer lapses
 	for i := range 20 {
 		h.dora(mac(byte(i)))
-		_ = i
 	}
 	assert.Equal(t, int64(20), h.db.Stats().Used)
 }

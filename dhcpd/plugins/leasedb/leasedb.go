@@ -274,7 +274,11 @@ func (db *LeaseDB) locked(f func(now time.Time)) uint64 {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	f(db.now())
-	return db.committer.append(db.alloc.takeLog())
+	changes := db.alloc.takeLog()
+	if len(changes) == 0 {
+		return 0 // nothing to write or wait for: most DISCOVERs, NAKs, Stats
+	}
+	return db.committer.append(changes)
 }
 
 // Close writes pending changes and closes the store.

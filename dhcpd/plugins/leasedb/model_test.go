@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,15 +178,7 @@ func (m *modelRun) restart(config int) {
 
 func (m *modelRun) failf(format string, args ...any) {
 	m.t.Helper()
-	m.t.Fatalf(format+"\nsteps:\n%s", append(args, joinLines(m.trace))...)
-}
-
-func joinLines(lines []string) string {
-	out := ""
-	for _, l := range lines {
-		out += "  " + l + "\n"
-	}
-	return out
+	m.t.Fatalf(format+"\nsteps:\n  %s", append(args, strings.Join(m.trace, "\n  "))...)
 }
 
 // ack records an ACK of ip to c, checking nobody else holds it.
