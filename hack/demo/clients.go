@@ -56,22 +56,26 @@ func (d *demo) runClients(ctx context.Context) error {
 	return nil
 }
 
-// waitLease waits for the lease the client in clients/<name> reports and
+// waitLease waits for the lease the client in clients/<name> reports (if
+// reasons are given, for a dhclient-script call with one of them) and
 // returns what dhclient was told.
-func (d *demo) waitLease(ctx context.Context, name string) (map[string]string, error) {
+func (d *demo) waitLease(ctx context.Context, name string, reasons ...string) (map[string]string, error) {
 	result := filepath.Join(d.dir, "clients", name, "lease.env")
-	if err := waitFor(ctx, func() bool { _, err := os.Stat(result); return err == nil }); err != nil {
-		return nil, fmt.Errorf("%s got no lease: %w", name, err)
-	}
-	data, err := os.ReadFile(result)
-	if err != nil {
-		return nil, err
-	}
-	env := map[string]string{}
-	for _, line := range strings.Split(string(data), "\n") {
-		if k, val, ok := strings.Cut(line, "="); ok {
-			env[k] = strings.Trim(val, "'")
+	var env map[string]string
+	if err := waitFor(ctx, func() bool {
+		data, err := os.ReadFile(result)
+		if err != nil {
+			return false
 		}
+		env = map[string]string{}
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, val, ok := strings.Cut(line, "="); ok {
+				env[k] = strings.Trim(val, "'")
+			}
+		}
+		return len(reasons) == 0 || slices.Contains(reasons, env["reason"])
+	}); err != nil {
+		return nil, fmt.Errorf("%s got no lease (%s): %w", name, strings.Join(reasons, ", "), err)
 	}
 	return env, nil
 }
@@ -196,8 +200,9 @@ func (d *demo) startClient(name, mac, port string) error {
 	return d.startDhclient(v.name, ns)
 }
 
-// startDhclient runs dhclient for the client clients/<name> in namespace ns.
-func (d *demo) startDhclient(name, ns string) error {
+// startDhclient runs dhclient for the client clients/<name> in namespace
+// ns, with extra arguments before the interface.
+func (d *demo) startDhclient(name, ns string, extra ...string) error {
 	dir := filepath.Join(d.dir, "clients", name)
 	// A private mount namespace: /run, dhclient's state and resolv.conf
 	// are this client's own files.
@@ -205,9 +210,11 @@ func (d *demo) startDhclient(name, ns string) error {
 mount --bind "$1/run" /run
 [ -d /var/lib/dhcp ] && mount --bind "$1/state" /var/lib/dhcp
 mount --bind "$1/resolv.conf" /etc/resolv.conf
-exec dhclient -4 -d -v -sf "$1/hook.sh" -pf "$1/run/dhclient.pid" -lf "$1/state/dhclient.leases" eth0`
-	cmd, err := d.start(name+".log", nil, "ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
-		"sh", "-c", script, "sh", dir)
+dir=$1; shift
+exec dhclient -4 -d -v -sf "$dir/hook.sh" -pf "$dir/run/dhclient.pid" -lf "$dir/state/dhclient.leases" "$@" eth0`
+	args := append([]string{"netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
+		"sh", "-c", script, "sh", dir}, extra...)
+	cmd, err := d.start(name+".log", nil, "ip", args...)
 	if err != nil {
 		return err
 	}

@@ -112,6 +112,7 @@ func run(ctx context.Context, opts options) (err error) {
 		{"playing the kubelet: hyperdhcpd from the Deployment and its ConfigMap, in a network namespace", d.runPod},
 		{"two VMs and a stranger ask for addresses with dhclient", d.runClients},
 		{"vm-1 migrates to another node, vm-2 restarts with a new MAC", d.moveVMs},
+		{"the API server goes away: hyperdhcpd keeps serving VMs; the API server comes back", d.outlastAPIOutage},
 		{"what Kubernetes and the lease database say", d.report},
 	}
 	for _, s := range stepsToRun {
@@ -426,6 +427,11 @@ func (d *demo) runPod(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// What the container runtime does with the pod's security context.
+	security, err := d.applySecurityContext(p, podNS)
+	if err != nil {
+		return err
+	}
 	// What kube-proxy does: the kubernetes Service, reachable from the pod.
 	apiPort, err := d.proxyAPIServer(podNS)
 	if err != nil {
@@ -441,8 +447,9 @@ set -- $MOUNTS
 while [ $# -gt 0 ]; do mkdir -p "$2"; mount --bind "$1" "$2"; shift 2; done
 mount -t tmpfs tmpfs /run
 mkdir -p /run/secrets/kubernetes.io/serviceaccount
-cp "$SA_DIR"/* /run/secrets/kubernetes.io/serviceaccount/
-exec setpriv --bounding-set -all,+net_bind_service,+net_raw "$HYPERDHCPD" "$@"`
+cp -p "$SA_DIR"/* /run/secrets/kubernetes.io/serviceaccount/
+[ "$READ_ONLY_ROOT" = true ] && mount -o remount,bind,ro /
+exec setpriv --reuid "$RUN_AS_USER" --regid "$RUN_AS_GROUP" --groups "$FS_GROUP" --bounding-set "$BOUNDING_SET" --no-new-privs "$HYPERDHCPD" "$@"`
 	var tops, pairs []string
 	for target, source := range mounts {
 		top := "/" + strings.Split(strings.TrimPrefix(target, "/"), "/")[0]
@@ -458,7 +465,8 @@ exec setpriv --bounding-set -all,+net_bind_service,+net_raw "$HYPERDHCPD" "$@"`
 		"SA_DIR=" + sa, "HYPERDHCPD=" + d.bin("hyperdhcpd"),
 		"KUBERNETES_SERVICE_HOST=127.0.0.1", fmt.Sprintf("KUBERNETES_SERVICE_PORT=%d", apiPort),
 	}
-	if _, err := d.start("hyperdhcpd.log", env, "ip", args...); err != nil {
+	cmd, err := d.start("hyperdhcpd.log", append(env, security...), "ip", args...)
+	if err != nil {
 		return err
 	}
 	if err := waitFor(ctx, func() bool {
@@ -467,8 +475,14 @@ exec setpriv --bounding-set -all,+net_bind_service,+net_raw "$HYPERDHCPD" "$@"`
 	}); err != nil {
 		return fmt.Errorf("hyperdhcpd did not start serving: %w", err)
 	}
-	d.detail("hyperdhcpd %s (only NET_BIND_SERVICE and NET_RAW), serving on %s %s",
-		strings.Join(p.container.Args, " "), p.network.Interface, p.network.IPs[0])
+	// ip netns exec, unshare, sh and setpriv each exec the next: the PID is hyperdhcpd's.
+	uid, caps, err := processCredentials(cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	d.detail("hyperdhcpd %s, serving on %s %s", strings.Join(p.container.Args, " "), p.network.Interface, p.network.IPs[0])
+	d.detail("as uid %s with effective capabilities %s, read-only root; port 67 through the pod's sysctls %s",
+		uid, caps, sysctls(p.deployment.Spec.Template.Spec.SecurityContext.Sysctls))
 
 	// The pod is ready: report it as the deployment controller would.
 	deploy := p.deployment

@@ -25,6 +25,10 @@ func TestDemo(t *testing.T) {
 	if assert.NotNil(t, moved, "vm-2's restart is printed") {
 		assert.Equal(t, moved[2], moved[1], "a VM keeps its address across a new MAC")
 	}
+	assert.Contains(t, printed, "as uid 65532 with effective capabilities none, read-only root; port 67 through the pod's sysctls net.ipv4.ip_unprivileged_port_start=67")
+	assert.Regexp(t, `kube-apiserver \(PID \d+\) killed\n\s+hyperdhcpd logged: cannot reach the API`, printed)
+	assert.Contains(t, printed, "vm-1 renewed (RENEW to 192.168.50.2) during the outage: ACK 192.168.50.150 for 3600s")
+	assert.Regexp(t, `kube-apiserver started again \(PID \d+\)\n\s+hyperdhcpd logged: the API answers again`, printed)
 	assert.Regexp(t, `lab\s+lab-bridge\s+192\.168\.50\.2/24\s+2\s+98\s+True`, printed, "kubectl get servers: used=2, Ready")
 	assert.Regexp(t, `Normal\s+AddressAssigned\s+.*hyperdhcpd\s+interface lab was given 192\.168\.50\.150`, printed, "kubectl describe vmi shows hyperdhcpd's Event")
 	assert.Regexp(t, `192\.168\.50\.150\s+02:00:5e:00:00:01\s+vm-1\s+bound\s+\S+\s+vm:demo/vm-1/lab`, printed, "hyperdhcpd leases list: the lease belongs to the VM")
