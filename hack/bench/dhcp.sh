@@ -21,7 +21,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SERVERS=${SERVERS:-"hyperdhcpd kea dnsmasq coredhcp"}
-RATES=${RATES:-"100 200 300 500 1000 2000 3000 4000 5000 6000"}
+RATES=${RATES:-"100 150 200 250 300 500 1000 2000 3000 4000 5000 6000 7000"}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-20000}
 RESTART_LEASES=${RESTART_LEASES:-65000}
@@ -34,21 +34,13 @@ COREDHCP_VERSION=$(cd "$repo/dhcpd" && go list -m -f '{{.Version}}' github.com/c
 GOPACKET_VERSION=v1.1.19
 
 log() { echo "bench: $*" >&2; }
+# shellcheck source=hack/lib.sh
+source "$repo/hack/lib.sh"
 
 if [[ $EUID -ne 0 ]]; then
 	log "needs root for network namespaces"
 	exit 1
 fi
-
-# apt_install PACKAGE...: installs what is missing, refreshing the index once if needed.
-apt_install() {
-	local missing=()
-	for p in "$@"; do dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
-	((${#missing[@]})) || return 0
-	log "installing ${missing[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
-}
 
 # Kea's package would start a system service on the host: its binary is
 # unpacked into the cache instead, and runs on kea-common's libraries.
@@ -276,10 +268,10 @@ for s in $SERVERS; do
 			failures=0
 		else
 			failures=$((failures + 1))
-			# Two failed steps in a row: the server is past its ceiling.
-			((failures < 2)) || break
 		fi
 		tail -1 "$RESULTS/$s.tsv" >&2
+		# Two failed steps in a row: the server is past its ceiling.
+		((failures < 2)) || break
 	done
 	cp "$work/$s/server.log" "$RESULTS/raw/$s-server.log"
 	stop_server
