@@ -9,6 +9,8 @@ LOCALBIN ?= $(CURDIR)/bin
 TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hyperdhcp/tools
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 CONTROLLER_GEN ?= $(TOOLS_CACHE)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+GORELEASER_VERSION ?= v2.15.1
+GORELEASER ?= $(TOOLS_CACHE)/goreleaser-$(GORELEASER_VERSION)
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -60,6 +62,10 @@ verify-generated: ## Fail if generated files are stale.
 fmt: ## Format all Go code.
 	gofmt -w $(GO_DIRS)
 
+.PHONY: verify-tidy
+verify-tidy: ## Fail if any module's go.mod or go.sum is not tidy.
+	@for m in $(MODULES); do (cd $$m && go mod tidy -diff) || { echo "go mod tidy needed in $$m"; exit 1; }; done
+
 .PHONY: lint
 lint: ## gofmt check and go vet across the workspace.
 	@unformatted=$$(gofmt -l $(GO_DIRS)); if [[ -n $$unformatted ]]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
@@ -70,8 +76,8 @@ envtest: ## Build the envtest control plane (once per machine) and print its dir
 	@hack/envtest.sh
 
 .PHONY: test
-test: verify-generated lint verify-static bench-smoke ## Everything CI checks (as root): generated files, lint, static binaries, bench smoke, unit, envtest, netns e2e and demo tests, a short fuzz.
-	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" go test $(GO_TEST_FLAGS) work
+test: verify-generated verify-tidy lint verify-static images bench-smoke ## Everything CI checks (as root): generated files, tidy modules, lint, static binaries, images, bench smoke, unit, envtest, netns e2e, image and demo tests, a short fuzz.
+	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" HYPERDHCP_IMAGES=$(IMAGES_DIR) go test $(GO_TEST_FLAGS) work
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST)
 
 .PHONY: bench-smoke
@@ -111,6 +117,15 @@ verify-static: build ## Check that both binaries run in an empty root, as on a s
 	hack/verify-static.sh $(LOCALBIN)/hyperdhcpd $(LOCALBIN)/hyperdhcp-operator
 
 RELEASE_DIR ?= $(LOCALBIN)/release
+IMAGES_DIR ?= $(LOCALBIN)/images
+
+.PHONY: images
+images: build ## Build the hyperdhcpd and operator images offline (buildah, local base, nothing pulled) into OCI archives in bin/images.
+	VERSION=$(VERSION) REVISION=$$(git rev-parse HEAD) IMAGES_DIR=$(IMAGES_DIR) hack/images.sh
+
+.PHONY: release-check
+release-check: $(GORELEASER) ## From a clean clone of HEAD: goreleaser check, a snapshot release (amd64, arm64 archives, checksums) and its images.
+	GORELEASER=$(GORELEASER) hack/release-check.sh
 
 .PHONY: release-manifests
 release-manifests: ## Render deploy/default with the release images into bin/release/install.yaml.
@@ -149,3 +164,8 @@ $(CONTROLLER_GEN):
 	mkdir -p $(TOOLS_CACHE)
 	GOWORK=off GOBIN=$(TOOLS_CACHE) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(TOOLS_CACHE)/controller-gen $@
+
+$(GORELEASER):
+	mkdir -p $(TOOLS_CACHE)
+	GOWORK=off GOBIN=$(TOOLS_CACHE) go install github.com/goreleaser/goreleaser/v2@$(GORELEASER_VERSION)
+	mv $(TOOLS_CACHE)/goreleaser $@

@@ -85,6 +85,9 @@ var requiredTools = map[string]string{
 	"busybox":  "busybox",
 	"dhcpcd":   "dhcpcd-base",
 	"perfdhcp": "kea-admin",
+	"podman":   "podman",
+	"runc":     "runc",
+	"skopeo":   "skopeo",
 }
 
 // ensurePackages installs the Debian packages of missing tools.
@@ -203,11 +206,18 @@ func quietNamespace(t *testing.T, ns string) {
 // startServer runs hyperdhcpd and waits until it serves.
 func (b *testBed) startServer() {
 	b.t.Helper()
+	b.startServerCommand("ip", "netns", "exec", b.serverNS, hyperdhcpd, "serve", "--config", b.config, "--log-level", "debug")
+}
+
+// startServerCommand runs a command that serves as hyperdhcpd in the
+// server namespace (the binary, or its image) and waits until it serves.
+func (b *testBed) startServerCommand(name string, args ...string) {
+	b.t.Helper()
 	logFile, err := os.OpenFile(b.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	require.NoError(b.t, err)
 	defer logFile.Close()
 	offset, _ := logFile.Seek(0, 2)
-	cmd := exec.Command("ip", "netns", "exec", b.serverNS, hyperdhcpd, "serve", "--config", b.config, "--log-level", "debug")
+	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	require.NoError(b.t, cmd.Start())
 	b.server, b.exited = cmd, make(chan error, 1)

@@ -391,6 +391,36 @@ func TestKustomizeInstallAppliesToAnAPIServer(t *testing.T) {
 	assert.Contains(t, out2, "clusterrole.rbac.authorization.k8s.io/hyperdhcp-vm-reader")
 }
 
+// TestReleaseManifestsApply: the one-file install a release publishes
+// (make release-manifests) applies server-side to an API server and holds
+// the CRD, the operator's RBAC and its Deployment with the release images.
+func TestReleaseManifestsApply(t *testing.T) {
+	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
+	require.NoError(t, err)
+	const operatorImage, dhcpdImage = "registry.example/hyperdhcp-operator:v9.9.9", "registry.example/hyperdhcpd:v9.9.9"
+	dir := t.TempDir()
+	make := exec.Command("make", "-s", "-C", root, "release-manifests", "RELEASE_DIR="+dir, "IMG="+operatorImage, "HYPERDHCPD_IMG="+dhcpdImage)
+	out, err := make.CombinedOutput()
+	require.NoError(t, err, "make release-manifests: %s", out)
+
+	applied, err := kubectl("apply", "--server-side", "-f", filepath.Join(dir, "install.yaml"))
+	require.NoError(t, err, applied)
+	assert.Contains(t, applied, "customresourcedefinition.apiextensions.k8s.io/servers.hyperdhcp.io serverside-applied")
+
+	deployment := &appsv1.Deployment{}
+	require.NoError(t, admin.Get(t.Context(), types.NamespacedName{Namespace: "hyperdhcp-system", Name: "hyperdhcp-operator"}, deployment))
+	container := deployment.Spec.Template.Spec.Containers[0]
+	assert.Equal(t, operatorImage, container.Image)
+	assert.Contains(t, container.Env, corev1.EnvVar{Name: "HYPERDHCP_OPERATOR_HYPERDHCPD_IMAGE", Value: dhcpdImage})
+	role := &rbacv1.ClusterRole{}
+	require.NoError(t, admin.Get(t.Context(), types.NamespacedName{Name: "hyperdhcp-operator"}, role))
+	assert.NotEmpty(t, role.Rules)
+	binding := &rbacv1.ClusterRoleBinding{}
+	require.NoError(t, admin.Get(t.Context(), types.NamespacedName{Name: "hyperdhcp-operator"}, binding), "the ClusterRoleBinding")
+	assert.Equal(t, "hyperdhcp-operator", binding.RoleRef.Name)
+	assert.Equal(t, deployment.Spec.Template.Spec.ServiceAccountName, binding.Subjects[0].Name)
+}
+
 // TestOperatorLeavesThePoolAlone: status.pool belongs to hyperdhcpd; the
 // operator's status writes never remove or change it.
 func TestOperatorLeavesThePoolAlone(t *testing.T) {
