@@ -76,7 +76,7 @@ envtest: ## Build the envtest control plane (once per machine) and print its dir
 	@hack/envtest.sh
 
 .PHONY: test
-test: verify-generated verify-tidy lint verify-static images bench-smoke ## Everything CI checks (as root): generated files, tidy modules, lint, static binaries, images, bench smoke, unit, envtest, netns e2e, image and demo tests, a short fuzz.
+test: verify-generated verify-tidy lint verify-static images release-check bench-smoke ## Everything CI checks (as root): generated files, tidy modules, lint, static binaries, images, goreleaser snapshot, bench smoke, unit, envtest, netns e2e, image and demo tests, a short fuzz.
 	KUBEBUILDER_ASSETS="$$(hack/envtest.sh)" HYPERDHCP_IMAGES=$(IMAGES_DIR) go test $(GO_TEST_FLAGS) work
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST)
 
