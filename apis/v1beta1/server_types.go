@@ -462,6 +462,25 @@ type ServerStatus struct {
 	// pool counts the addresses of all pools, as hyperdhcpd last reported.
 	// +optional
 	Pool *PoolStatus `json:"pool,omitempty"`
+
+	// leaseStorage is hyperdhcpd's report on its lease database: whether
+	// lease writes succeed. The operator turns a fault into Degraded
+	// (reason LeaseStorageUnavailable) and an Event.
+	// +optional
+	LeaseStorage *LeaseStorageStatus `json:"leaseStorage,omitempty"`
+}
+
+// LeaseStorageStatus is whether hyperdhcpd can write its lease database.
+type LeaseStorageStatus struct {
+	// available is false while lease writes fail (disk full, read-only
+	// volume, I/O errors): no REQUEST is acknowledged until they succeed.
+	Available bool `json:"available"`
+	// message is the error of the fault in progress; empty when available.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
+	// since is when writes last started failing or succeeding.
+	Since metav1.Time `json:"since"`
 }
 
 // PoolStatus counts the addresses of a Server's pools.
@@ -507,6 +526,10 @@ const (
 	// operator runs without --allow-all-namespaces, so only the Server's own
 	// namespace is served.
 	ReasonAllNamespacesNotAllowed = "AllNamespacesNotAllowed"
+	// ReasonLeaseStorageUnavailable: hyperdhcpd cannot write its lease
+	// database (status.leaseStorage says why), so it acknowledges no
+	// REQUEST; renewals and new clients wait until writes succeed again.
+	ReasonLeaseStorageUnavailable = "LeaseStorageUnavailable"
 )
 
 // ServerList is a list of Servers.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -81,11 +82,21 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		return errors.Join(srv.Check(time.Now(), livenessTimeout), db.Check(livenessTimeout))
 	}
+	// Not ready while lease writes fail (no REQUEST can be acknowledged)
+	// or the VM API is away; liveness stays: a restart fixes neither.
 	degraded := func() string {
-		if vms := vmsRef.Load(); vms != nil {
-			return vms.watcher.Degraded()
+		var why []string
+		if db := dbRef.Load(); db != nil {
+			if err := db.StorageError(); err != nil {
+				why = append(why, err.Error())
+			}
 		}
-		return ""
+		if vms := vmsRef.Load(); vms != nil {
+			if d := vms.watcher.Degraded(); d != "" {
+				why = append(why, d)
+			}
+		}
+		return strings.Join(why, "; ")
 	}
 	var ready atomic.Bool
 	stopHTTP, err := serveHTTP(cfg.MetricsAddress, metrics, &ready, live, degraded, log)
@@ -102,6 +113,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	opts.Store, opts.Logger, opts.Observer = store, log, metrics
 	opts.OfferHold, opts.DeclineProbation = cfg.OfferHold.Duration, cfg.DeclineProbation.Duration
+	storageChanged := make(chan struct{}, 1)
+	opts.OnStorageFault = func(error) {
+		select {
+		case storageChanged <- struct{}{}:
+		default:
+		}
+	}
 	vms, err := watchVMs(ctx, cfg, metrics, log)
 	if err != nil {
 		store.Close()
@@ -165,7 +183,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}()
 
 	if k := cfg.Kubernetes; k != nil {
-		startStatusReporter(ctx, k, db.Stats, log)
+		startStatusReporter(ctx, k, db.Stats, db.StorageError, storageChanged, log)
 	}
 
 	log.Info("serving DHCP", "interface", cfg.Interface, "port", cfg.Port, "server", cfg.Server.ServerIP, "metrics", cfg.MetricsAddress)
@@ -225,9 +243,11 @@ func watchVMs(ctx context.Context, cfg *config.Config, metrics *server.Metrics, 
 	return &vmWatch{index: index, watcher: watcher, reporter: reporter}, nil
 }
 
-// startStatusReporter keeps the Server's status.pool current. Without an
-// API server hyperdhcpd still serves DHCP: problems are logged, not fatal.
-func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func() leasedb.Stats, log *slog.Logger) {
+// startStatusReporter keeps the Server's status.pool and
+// status.leaseStorage current. Without an API server hyperdhcpd still
+// serves DHCP: problems are logged, not fatal.
+func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func() leasedb.Stats, storage func() error,
+	storageChanged <-chan struct{}, log *slog.Logger) {
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
 		log.Error("not reporting pool usage to Kubernetes", "error", err)
@@ -238,6 +258,7 @@ func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func()
 		log.Error("not reporting pool usage to Kubernetes", "error", err)
 		return
 	}
+	reporter.WatchStorage(storage, storageChanged)
 	go reporter.Run(ctx)
 }
 

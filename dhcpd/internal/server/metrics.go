@@ -32,6 +32,8 @@ type Metrics struct {
 	commitBatch    prometheus.Histogram
 	commitDuration prometheus.Histogram
 	commitErrors   prometheus.Counter
+	storageUp      prometheus.Gauge
+	storageFaults  prometheus.Counter
 }
 
 // NewMetrics registers every metric; pool reports the pool usage on scrape.
@@ -71,9 +73,17 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hyperdhcpd_lease_commit_errors_total", Help: "Failed lease database transactions.",
 		}),
+		storageUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hyperdhcpd_lease_storage_available",
+			Help: "1 while lease writes succeed, 0 while they fail (no REQUEST is acknowledged then).",
+		}),
+		storageFaults: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hyperdhcpd_lease_storage_faults_total", Help: "Episodes of failing lease writes (disk full, read-only, I/O errors).",
+		}),
 	}
+	m.storageUp.Set(1)
 	poolDesc := prometheus.NewDesc("hyperdhcpd_pool_addresses", "Addresses of all pools, by state.", []string{"state"}, nil)
-	m.Registry.MustRegister(m.received, m.sent, m.dropped, m.refused, m.pinsRefused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors,
+	m.Registry.MustRegister(m.received, m.sent, m.dropped, m.refused, m.pinsRefused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors, m.storageUp, m.storageFaults,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		poolCollector{desc: poolDesc, stats: pool})
 	return m
@@ -95,6 +105,16 @@ func (m *Metrics) Committed(batch int, took time.Duration, err error) {
 	if err != nil {
 		m.commitErrors.Inc()
 	}
+}
+
+// StorageAvailable implements leasedb.Observer.
+func (m *Metrics) StorageAvailable(available bool) {
+	if available {
+		m.storageUp.Set(1)
+		return
+	}
+	m.storageUp.Set(0)
+	m.storageFaults.Inc()
 }
 
 type poolCollector struct {

@@ -1,6 +1,7 @@
-// Package status reports hyperdhcpd's pool usage in its Server's status.
-// It writes status.pool only, with a merge patch under its own field
-// manager, so it never touches the operator's conditions.
+// Package status reports hyperdhcpd's pool usage and lease storage health
+// in its Server's status. It writes status.pool and status.leaseStorage
+// only, with a merge patch under its own field manager, so it never
+// touches the operator's conditions.
 package status
 
 import (
@@ -39,6 +40,58 @@ type Reporter struct {
 	interval  time.Duration
 	stats     func() leasedb.Stats
 	log       *slog.Logger
+	// storage reports the lease storage fault in progress (nil: none);
+	// storageChanged wakes the reporter when it starts or ends, so the
+	// cluster hears of it at once rather than at the next tick.
+	storage        func() error
+	storageChanged <-chan struct{}
+}
+
+// WatchStorage makes the reporter write status.leaseStorage from fault,
+// at once whenever changed fires. Call it before Run.
+func (r *Reporter) WatchStorage(fault func() error, changed <-chan struct{}) {
+	r.storage, r.storageChanged = fault, changed
+}
+
+// report is what one patch says.
+type report struct {
+	pool    leasedb.Stats
+	storage *hyperdhcpv1beta1.LeaseStorageStatus
+}
+
+func (r *Reporter) current(previous *report) report {
+	now := report{pool: r.stats()}
+	if r.storage == nil {
+		return now
+	}
+	storage := &hyperdhcpv1beta1.LeaseStorageStatus{Available: true}
+	if err := r.storage(); err != nil {
+		storage.Available, storage.Message = false, truncate(err.Error(), 1024)
+	}
+	storage.Since = metav1.Now()
+	if previous != nil && previous.storage != nil && previous.storage.Available == storage.Available {
+		storage.Since = previous.storage.Since
+	}
+	now.storage = storage
+	return now
+}
+
+// changedFrom tells whether a patch would say something new.
+func (n report) changedFrom(previous *report) bool {
+	if previous == nil || n.pool != previous.pool {
+		return true
+	}
+	if (n.storage == nil) != (previous.storage == nil) {
+		return true
+	}
+	return n.storage != nil && (n.storage.Available != previous.storage.Available || n.storage.Message != previous.storage.Message)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
 }
 
 // RESTConfig loads a kubeconfig file, or the in-cluster configuration when
@@ -72,32 +125,38 @@ func NewReporter(cfg *rest.Config, namespace, name string, interval time.Duratio
 // Run reports until ctx ends. A failed patch is logged and retried on the
 // next tick: DHCP service never depends on the API server.
 func (r *Reporter) Run(ctx context.Context) {
-	var last leasedb.Stats
+	var last *report
 	var lastSent time.Time
 	ticker := time.NewTicker(r.interval)
 	defer ticker.Stop()
 	for {
-		if s := r.stats(); s != last || time.Since(lastSent) > refreshEvery {
-			if err := r.Patch(ctx, s); err != nil {
-				r.log.Warn("could not report pool usage", "server", r.namespace+"/"+r.name, "error", err)
+		if now := r.current(last); now.changedFrom(last) || time.Since(lastSent) > refreshEvery {
+			if err := r.Patch(ctx, now.pool, now.storage); err != nil {
+				r.log.Warn("could not report pool usage and lease storage", "server", r.namespace+"/"+r.name, "error", err)
 			} else {
-				last, lastSent = s, time.Now()
+				last, lastSent = &now, time.Now()
 			}
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
+		case <-r.storageChanged:
 		}
 	}
 }
 
-// Patch writes s into status.pool.
-func (r *Reporter) Patch(ctx context.Context, s leasedb.Stats) error {
+// Patch writes s into status.pool and, when not nil, storage into
+// status.leaseStorage.
+func (r *Reporter) Patch(ctx context.Context, s leasedb.Stats, storage *hyperdhcpv1beta1.LeaseStorageStatus) error {
 	type status struct {
-		Pool hyperdhcpv1beta1.PoolStatus `json:"pool"`
+		Pool         hyperdhcpv1beta1.PoolStatus          `json:"pool"`
+		LeaseStorage *hyperdhcpv1beta1.LeaseStorageStatus `json:"leaseStorage,omitempty"`
 	}
-	patch, err := json.Marshal(map[string]status{"status": {Pool: hyperdhcpv1beta1.PoolStatus{Size: s.Size, Used: s.Used, Free: s.Free}}})
+	patch, err := json.Marshal(map[string]status{"status": {
+		Pool:         hyperdhcpv1beta1.PoolStatus{Size: s.Size, Used: s.Used, Free: s.Free},
+		LeaseStorage: storage,
+	}})
 	if err != nil {
 		return fmt.Errorf("encode status patch: %w", err)
 	}

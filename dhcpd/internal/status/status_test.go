@@ -75,7 +75,7 @@ func TestPatchWritesOnlyThePool(t *testing.T) {
 	servers, server := createServer(t)
 	reporter, err := NewReporter(cfg, "default", server.GetName(), time.Second, nil, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
-	require.NoError(t, reporter.Patch(t.Context(), leasedb.Stats{Size: 100, Used: 7, Free: 93}))
+	require.NoError(t, reporter.Patch(t.Context(), leasedb.Stats{Size: 100, Used: 7, Free: 93}, nil))
 
 	got, err := servers.Get(t.Context(), server.GetName(), metav1.GetOptions{})
 	require.NoError(t, err)

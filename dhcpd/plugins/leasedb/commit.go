@@ -34,6 +34,10 @@ type committer struct {
 	store   Store
 	window  time.Duration // how long to wait for company; <= 0: no wait
 	observe func(batch int, took time.Duration, err error)
+	// faulted is called once when writes start failing (with the first
+	// error) and once when they succeed again (with nil): the episode, not
+	// every failed attempt.
+	faulted func(err error, since time.Time, attempts int)
 	wake    chan struct{}
 	done    chan struct{}
 
@@ -46,6 +50,15 @@ type committer struct {
 	// applying is when the running transaction started (zero when none),
 	// for liveness checks.
 	applying time.Time
+	// failing is the storage fault in progress: its first error, since
+	// when, and how many attempts failed; nil while writes succeed.
+	failing *storageFault
+}
+
+type storageFault struct {
+	err      error
+	since    time.Time
+	attempts int
 }
 
 type waiter struct {
@@ -53,11 +66,12 @@ type waiter struct {
 	result chan error
 }
 
-func newCommitter(store Store, window time.Duration, observe func(int, time.Duration, error)) *committer {
+func newCommitter(store Store, window time.Duration, observe func(int, time.Duration, error), faulted func(error, time.Time, int)) *committer {
 	c := &committer{
 		store:   store,
 		window:  window,
 		observe: observe,
+		faulted: faulted,
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
@@ -140,15 +154,32 @@ func (c *committer) run() {
 		}
 
 		c.mu.Lock()
+		started := c.applying
 		c.applying = time.Time{}
+		var transition *storageFault
 		if err == nil {
 			c.durable = upTo
+			if c.failing != nil {
+				transition, c.failing = c.failing, nil
+			}
 		} else {
 			c.pending = append(changes, c.pending...)
+			if c.failing == nil {
+				c.failing = &storageFault{err: err, since: started}
+				transition = c.failing
+			}
+			c.failing.attempts++
 		}
 		c.waiters = c.release(upTo, err)
 		more := len(c.pending) > 0
 		c.mu.Unlock()
+		if transition != nil && c.faulted != nil {
+			if err != nil {
+				c.faulted(err, transition.since, 1)
+			} else {
+				c.faulted(nil, transition.since, transition.attempts)
+			}
+		}
 
 		switch {
 		case closed:
@@ -173,6 +204,17 @@ func (c *committer) release(upTo uint64, err error) []waiter {
 		}
 	}
 	return rest
+}
+
+// fault returns the storage fault in progress: the first error of the
+// episode and since when; a nil error while writes succeed.
+func (c *committer) fault() (since time.Time, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failing == nil {
+		return time.Time{}, nil
+	}
+	return c.failing.since, c.failing.err
 }
 
 // stuckFor reports how long the running transaction has taken, 0 if none runs.

@@ -88,6 +88,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Observer receives events for metrics; nil ignores them.
 	Observer Observer
+	// OnStorageFault, when set, is called when lease writes start failing
+	// (with the error) and when they succeed again (with nil).
+	OnStorageFault func(err error)
 }
 
 // Identity is who a client is, as a Resolver knows it.
@@ -136,6 +139,9 @@ type Observer interface {
 	Refused(reason string)
 	// Committed reports one group commit.
 	Committed(changes int, took time.Duration, err error)
+	// StorageAvailable reports that lease writes started failing (false)
+	// or succeed again (true).
+	StorageAvailable(available bool)
 }
 
 type nopObserver struct{}
@@ -143,6 +149,7 @@ type nopObserver struct{}
 func (nopObserver) Dropped(string)                      {}
 func (nopObserver) Refused(string)                      {}
 func (nopObserver) Committed(int, time.Duration, error) {}
+func (nopObserver) StorageAvailable(bool)               {}
 
 // Reasons passed to Observer.Dropped.
 const (
@@ -197,7 +204,11 @@ type LeaseDB struct {
 	committer   *committer
 	store       Store
 	// Warnings that could come once per packet are logged once a minute.
-	exhaustedWarning, commitWarning ratelimit.PerMinute
+	exhaustedWarning, checkpointWarning ratelimit.PerMinute
+	onStorageFault                      func(error)
+	stopCheckpoints                     chan struct{}
+	closing                             sync.Once
+	checkpointsDone                     chan struct{}
 
 	mu    sync.Mutex
 	alloc *allocator
@@ -219,18 +230,19 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 		return nil, fmt.Errorf("leasedb: %w", err)
 	}
 	db := &LeaseDB{
-		server:        opts.Server,
-		leaseTime:     alloc.leaseTime,
-		identifyByMAC: opts.IdentifyByMAC,
-		resolver:      opts.Resolver,
-		onlyKnown:     opts.OnlyKnown,
-		resolverStale: opts.ResolverStale,
-		notify:        opts.Notify,
-		now:           opts.Now,
-		log:           opts.Logger,
-		observer:      opts.Observer,
-		store:         opts.Store,
-		alloc:         alloc,
+		server:         opts.Server,
+		leaseTime:      alloc.leaseTime,
+		identifyByMAC:  opts.IdentifyByMAC,
+		resolver:       opts.Resolver,
+		onlyKnown:      opts.OnlyKnown,
+		resolverStale:  opts.ResolverStale,
+		notify:         opts.Notify,
+		now:            opts.Now,
+		log:            opts.Logger,
+		observer:       opts.Observer,
+		store:          opts.Store,
+		onStorageFault: opts.OnStorageFault,
+		alloc:          alloc,
 	}
 	if db.now == nil {
 		db.now = time.Now
@@ -256,8 +268,73 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 	if window == 0 {
 		window = DefaultCommitWindow
 	}
-	db.committer = newCommitter(db.store, window, db.observer.Committed)
+	db.committer = newCommitter(db.store, window, db.observer.Committed, db.storageFaulted)
+	db.stopCheckpoints, db.checkpointsDone = make(chan struct{}), make(chan struct{})
+	go db.checkpoint()
 	return db, nil
+}
+
+// storageFaulted reports a storage fault episode: one line, a metric and
+// the callback when writes start failing, the same when they recover.
+func (db *LeaseDB) storageFaulted(err error, since time.Time, attempts int) {
+	if err != nil {
+		db.log.Error("lease database writes are failing: no REQUEST is acknowledged until a write succeeds; retrying every second", "error", err)
+	} else {
+		db.log.Info("lease database writes succeed again", "after", time.Since(since).Round(time.Millisecond).String(), "failed_attempts", attempts)
+	}
+	db.observer.StorageAvailable(err == nil)
+	if db.onStorageFault != nil {
+		db.onStorageFault(err)
+	}
+}
+
+// StorageError describes the storage fault in progress (writes failing
+// since when, and why); nil while writes succeed.
+func (db *LeaseDB) StorageError() error {
+	since, err := db.committer.fault()
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("lease database writes failing since %s: %w", since.UTC().Format(time.RFC3339), err)
+}
+
+// checkpointInterval is how often the WAL is copied into the database
+// file: at 6,000 leases a second that is well under SQLite's default
+// journal size, and idle servers copy nothing.
+const checkpointInterval = 10 * time.Second
+
+// checkpoint copies the WAL into the database now and then, beside the
+// writer (SQLite would otherwise do it inside some client's commit), while
+// writes succeed: during a storage fault it would fail the same way.
+func (db *LeaseDB) checkpoint() {
+	defer close(db.checkpointsDone)
+	store, ok := db.store.(interface {
+		Checkpoint(ctx context.Context) (walPages, copied int, err error)
+	})
+	if !ok {
+		return
+	}
+	ticker := time.NewTicker(checkpointInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-db.stopCheckpoints:
+			return
+		case <-ticker.C:
+		}
+		if since, _ := db.committer.fault(); !since.IsZero() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+		pages, copied, err := store.Checkpoint(ctx)
+		cancel()
+		switch {
+		case err != nil && db.checkpointWarning.Allow(db.now()):
+			db.log.Warn("lease database checkpoint failed; the WAL grows until one succeeds", "error", err)
+		case err == nil && pages > 0:
+			db.log.Debug("lease database checkpoint", "wal_pages", pages, "copied", copied)
+		}
+	}
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -283,6 +360,8 @@ func (db *LeaseDB) locked(f func(now time.Time)) uint64 {
 
 // Close writes pending changes and closes the store.
 func (db *LeaseDB) Close() error {
+	db.closing.Do(func() { close(db.stopCheckpoints) })
+	<-db.checkpointsDone
 	db.committer.close()
 	return db.store.Close()
 }
@@ -496,10 +575,8 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	if err := db.committer.wait(ctx, ticket); err != nil {
 		// Without a durable lease there is no ACK; the client retries.
 		db.locked(func(now time.Time) { db.alloc.revert(al, now) })
+		// The fault is logged once per episode by storageFaulted.
 		db.observer.Dropped(DropCommitFailed)
-		if db.commitWarning.Allow(db.now()) {
-			db.log.Error("leases cannot be written: REQUESTs are not acknowledged", "error", err)
-		}
 		return nil, true
 	}
 	if al.before == nil || al.before.State != StateBound {

@@ -3,11 +3,14 @@ package leasedb
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 )
@@ -67,8 +70,21 @@ func OptionsFromSpec(spec *hyperdhcpv1beta1.ServerSpec) (Options, error) {
 // LockDatabase takes an exclusive lock beside the lease database, so that
 // two servers (SO_REUSEPORT lets both bind) can never share one database.
 func LockDatabase(path string) (unlock func(), err error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("create lease database directory: %w", err)
+	// The directory is not created: in a pod it is the lease volume, and a
+	// database made on the container's own filesystem when the volume is
+	// missing would lose every lease at the next restart.
+	dir := filepath.Dir(path)
+	info, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("lease database directory %s does not exist (is the lease volume mounted?)", dir)
+	case err != nil:
+		return nil, fmt.Errorf("lease database directory %s: %w", dir, err)
+	case !info.IsDir():
+		return nil, fmt.Errorf("lease database directory %s is not a directory", dir)
+	}
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		return nil, fmt.Errorf("lease database directory %s is not writable (%w): leases could not be stored", dir, err)
 	}
 	lockPath := path + ".lock"
 	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)

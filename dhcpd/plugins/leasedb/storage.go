@@ -32,9 +32,16 @@ type Change struct {
 
 // SQLiteStore is a Store in an SQLite database in WAL mode.
 type SQLiteStore struct {
-	db             *sql.DB
+	path string
+	db   *sql.DB
+	// checkpoints has a connection of its own, so a checkpoint never makes
+	// a commit wait for the writer's connection; nil in memory.
+	checkpoints    *sql.DB
 	upsert, remove *sql.Stmt // prepared once: preparing per transaction costs CPU on the hot path
 }
+
+// Path is the database file.
+func (s *SQLiteStore) Path() string { return s.path }
 
 const schema = `
 CREATE TABLE IF NOT EXISTS leases (
@@ -58,6 +65,9 @@ func OpenSQLite(path string) (*SQLiteStore, error) {
 	// synchronous=FULL: a committed transaction survives power loss, which is
 	// what "durable before the ACK" means. WAL keeps that to one fsync per
 	// transaction, and group commit makes it one per batch of leases.
+	// wal_autocheckpoint=0: SQLite would otherwise checkpoint inside the
+	// COMMIT that crosses 1,000 WAL pages, on some client's ACK path; the
+	// Checkpointer does it beside the writer instead.
 	dsn := "file:" + uriPath.Replace(path) + "?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate"
 	if path == ":memory:" {
 		dsn = "file::memory:?_txlock=immediate"
@@ -69,11 +79,24 @@ func OpenSQLite(path string) (*SQLiteStore, error) {
 	// One connection: SQLite serialises writers anyway, and ":memory:" is
 	// per-connection.
 	db.SetMaxOpenConns(1)
-	if _, err := db.Exec(schema); err != nil {
+	db.SetConnMaxLifetime(0)
+	if err := checkIntegrity(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("lease database %s is damaged: %w (hyperdhcpd does not serve from it: move it aside and start again, "+
+			"after saving what can be read with `hyperdhcpd leases export`, which `hyperdhcpd leases import` loads into a new database)", path, err)
+	}
+	if _, err := db.Exec(schema + "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 4194304;"); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("create lease table in %s: %w", path, err)
 	}
-	s := &SQLiteStore{db: db}
+	s := &SQLiteStore{path: path, db: db}
+	if path != ":memory:" {
+		if s.checkpoints, err = sql.Open("sqlite3", dsn); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open lease database %s: %w", path, err)
+		}
+		s.checkpoints.SetMaxOpenConns(1)
+	}
 	var err1, err2 error
 	s.upsert, err1 = db.Prepare(`INSERT INTO leases (ip, client_id, mac, hostname, state, expires, updated)
 		VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -87,11 +110,54 @@ func OpenSQLite(path string) (*SQLiteStore, error) {
 	return s, nil
 }
 
+// checkIntegrity runs SQLite's quick_check (every page and index, not
+// the slower cross-checks of integrity_check): a damaged file is refused
+// before a lease is read from it.
+func checkIntegrity(db *sql.DB) error {
+	rows, err := db.Query("PRAGMA quick_check")
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var problems []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return err
+		}
+		if line != "ok" && len(problems) < 5 {
+			problems = append(problems, line)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// Checkpoint copies the WAL into the database file and lets the WAL start
+// over (PRAGMA wal_checkpoint(PASSIVE): it never waits for the writer), so
+// neither file grows without bound. It returns the WAL's size in pages
+// before, and how many were copied.
+func (s *SQLiteStore) Checkpoint(ctx context.Context) (walPages, copied int, err error) {
+	if s.checkpoints == nil {
+		return 0, 0, nil
+	}
+	var busy int
+	if err := s.checkpoints.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &walPages, &copied); err != nil {
+		return 0, 0, fmt.Errorf("checkpoint %s: %w", s.path, err)
+	}
+	return walPages, copied, nil
+}
+
 // Load implements Store.
 func (s *SQLiteStore) Load(ctx context.Context) ([]Lease, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT ip, client_id, mac, hostname, state, expires FROM leases`)
 	if err != nil {
-		return nil, fmt.Errorf("read leases: %w", err)
+		return nil, fmt.Errorf("read leases from %s: %w", s.path, err)
 	}
 	defer rows.Close()
 	var leases []Lease
@@ -126,14 +192,19 @@ func (s *SQLiteStore) Load(ctx context.Context) ([]Lease, error) {
 func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("begin lease transaction: %w", err)
+		return fmt.Errorf("begin lease transaction in %s: %w", s.path, err)
 	}
 	committing := false
 	defer func() {
-		// A failed Commit has ended the transaction already; rolling back
-		// again would only add "transaction has already been committed".
+		// A failed Commit has ended the transaction already, and SQLite ends
+		// it by itself on some errors (a full disk): rolling back again would
+		// only bury the cause under "transaction has already been committed
+		// or rolled back" or "no transaction is active".
 		if err != nil && !committing {
-			err = errors.Join(err, tx.Rollback())
+			if rollbackErr := tx.Rollback(); rollbackErr != nil && !errors.Is(rollbackErr, sql.ErrTxDone) &&
+				!strings.Contains(rollbackErr.Error(), "no transaction is active") {
+				err = errors.Join(err, rollbackErr)
+			}
 		}
 	}()
 	upsert, remove := tx.StmtContext(ctx, s.upsert), tx.StmtContext(ctx, s.remove)
@@ -156,10 +227,15 @@ func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
 	}
 	committing = true
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit leases: %w", err)
+		return fmt.Errorf("commit leases to %s: %w", s.path, err)
 	}
 	return nil
 }
 
 // Close implements Store.
-func (s *SQLiteStore) Close() error { return s.db.Close() }
+func (s *SQLiteStore) Close() error {
+	if s.checkpoints != nil {
+		s.checkpoints.Close()
+	}
+	return s.db.Close()
+}

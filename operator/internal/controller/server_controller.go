@@ -98,8 +98,8 @@ func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("server").
 		// Status writes (hyperdhcpd's pool counts, our conditions) do not
-		// change the generation and need no reconcile.
-		For(&hyperdhcpv1beta1.Server{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// need a reconcile, except hyperdhcpd's lease storage report.
+		For(&hyperdhcpv1beta1.Server{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, leaseStorageChanged))).
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
@@ -118,6 +118,23 @@ func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 var consentChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 	return e.ObjectOld.GetAnnotations()[consent.Annotation] != e.ObjectNew.GetAnnotations()[consent.Annotation]
 }}
+
+// leaseStorageChanged passes the Server updates where hyperdhcpd reported
+// that its lease writes started failing or succeed again.
+var leaseStorageChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+	old, oldOK := e.ObjectOld.(*hyperdhcpv1beta1.Server)
+	updated, newOK := e.ObjectNew.(*hyperdhcpv1beta1.Server)
+	return oldOK && newOK && leaseStorageFault(old) != leaseStorageFault(updated)
+}}
+
+// leaseStorageFault is hyperdhcpd's report of failing lease writes, empty
+// when there is none.
+func leaseStorageFault(server *hyperdhcpv1beta1.Server) string {
+	if s := server.Status.LeaseStorage; s != nil && !s.Available {
+		return "hyperdhcpd cannot write its lease database, so no REQUEST is acknowledged: " + s.Message
+	}
+	return ""
+}
 
 // serversListing maps a Namespace to the Servers whose kubevirt.namespaces
 // list it.
@@ -222,11 +239,15 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 		setDeploymentConditions(server, deployment)
 	}
 	// Degraded names every problem, the most severe first: a failing phase,
-	// then a pod that cannot join its network, then VMs not served for
-	// want of consent.
+	// then leases that cannot be written, then a pod that cannot join its
+	// network, then VMs not served for want of consent.
 	var problems []problem
 	if len(errs) > 0 {
 		problems = append(problems, problem{hyperdhcpv1beta1.ReasonReconcileFailed, kerrors.NewAggregate(errs).Error()})
+	}
+	storageFault := leaseStorageFault(server)
+	if storageFault != "" {
+		problems = append(problems, problem{hyperdhcpv1beta1.ReasonLeaseStorageUnavailable, storageFault})
 	}
 	if attachmentMissing != "" {
 		problems = append(problems, problem{hyperdhcpv1beta1.ReasonNetworkAttachmentNotFound, attachmentMissing})
@@ -243,6 +264,13 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	setDegraded(server, problems)
 	// A Warning when a refusal is new, not on every resync.
 	previous := meta.FindStatusCondition(original.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded)
+	storageWasFaulty := previous != nil && strings.Contains(previous.Message, "cannot write its lease database")
+	switch {
+	case storageFault != "" && !storageWasFaulty:
+		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonLeaseStorageUnavailable, "LeaseStorage", "%s", storageFault)
+	case storageFault == "" && storageWasFaulty:
+		r.Recorder.Eventf(server, nil, corev1.EventTypeNormal, "LeaseStorageAvailable", "LeaseStorage", "hyperdhcpd writes its lease database again")
+	}
 	for _, p := range consentProblems {
 		if previous == nil || !strings.Contains(previous.Message, p.message) {
 			r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, p.reason, "Grant", "%s", p.message)

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -419,6 +420,53 @@ func TestReleaseManifestsApply(t *testing.T) {
 	require.NoError(t, admin.Get(t.Context(), types.NamespacedName{Name: "hyperdhcp-operator"}, binding), "the ClusterRoleBinding")
 	assert.Equal(t, "hyperdhcp-operator", binding.RoleRef.Name)
 	assert.Equal(t, deployment.Spec.Template.Spec.ServiceAccountName, binding.Subjects[0].Name)
+}
+
+// TestLeaseStorageFaultDegradesTheServer: hyperdhcpd reports failing lease
+// writes in status.leaseStorage; the operator makes that Degraded with
+// reason LeaseStorageUnavailable and a Warning Event, and clears both (with
+// a Normal Event) when hyperdhcpd reports writes succeeding again.
+func TestLeaseStorageFaultDegradesTheServer(t *testing.T) {
+	ns := newNamespace(t)
+	server := newServer(t, ns, "lab", nil)
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool { return len(server.Status.Conditions) == 3 }, "settled")
+
+	report := func(available bool, message string) {
+		t.Helper()
+		data, err := json.Marshal(map[string]any{"status": map[string]any{"leaseStorage": hyperdhcpv1beta1.LeaseStorageStatus{
+			Available: available, Message: message, Since: metav1.Now(),
+		}}})
+		require.NoError(t, err)
+		require.NoError(t, admin.Status().Patch(t.Context(), server, client.RawPatch(types.MergePatchType, data), client.FieldOwner("hyperdhcpd")))
+	}
+	event := func(reason, eventType string) bool {
+		var events eventsv1.EventList
+		if err := admin.List(context.Background(), &events, client.InNamespace(ns)); err != nil {
+			return false
+		}
+		for _, e := range events.Items {
+			if e.Regarding.Name == server.Name && e.Reason == reason && e.Type == eventType {
+				return true
+			}
+		}
+		return false
+	}
+
+	report(false, "commit leases to /var/lib/hyperdhcp/leases.db: database or disk is full")
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		c := meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded)
+		return c != nil && c.Status == metav1.ConditionTrue && c.Reason == hyperdhcpv1beta1.ReasonLeaseStorageUnavailable
+	}, "Degraded=True, LeaseStorageUnavailable")
+	assert.Contains(t, meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded).Message, "database or disk is full")
+	require.Eventually(t, func() bool { return event(hyperdhcpv1beta1.ReasonLeaseStorageUnavailable, corev1.EventTypeWarning) },
+		timeout, interval, "a Warning Event")
+
+	report(true, "")
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		return meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded)
+	}, "Degraded=False once writes succeed")
+	require.Eventually(t, func() bool { return event("LeaseStorageAvailable", corev1.EventTypeNormal) }, timeout, interval, "a Normal Event")
+	assert.True(t, server.Status.LeaseStorage.Available, "the operator leaves hyperdhcpd's report alone")
 }
 
 // TestOperatorLeavesThePoolAlone: status.pool belongs to hyperdhcpd; the
