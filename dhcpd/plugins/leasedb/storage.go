@@ -61,7 +61,11 @@ var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 
 // OpenSQLite opens (creating if needed) the lease database at path; ":memory:"
 // gives a private in-memory database for tests.
-func OpenSQLite(path string) (*SQLiteStore, error) {
+func OpenSQLite(path string) (*SQLiteStore, error) { return openSQLite("sqlite3", path) }
+
+// openSQLite is OpenSQLite with a registered SQLite driver of choice (a
+// test's, with hooks).
+func openSQLite(driver, path string) (*SQLiteStore, error) {
 	// synchronous=FULL: a committed transaction survives power loss, which is
 	// what "durable before the ACK" means. WAL keeps that to one fsync per
 	// transaction, and group commit makes it one per batch of leases.
@@ -72,7 +76,7 @@ func OpenSQLite(path string) (*SQLiteStore, error) {
 	if path == ":memory:" {
 		dsn = "file::memory:?_txlock=immediate"
 	}
-	db, err := sql.Open("sqlite3", dsn)
+	db, err := sql.Open(driver, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open lease database %s: %w", path, err)
 	}
@@ -91,7 +95,7 @@ func OpenSQLite(path string) (*SQLiteStore, error) {
 	}
 	s := &SQLiteStore{path: path, db: db}
 	if path != ":memory:" {
-		if s.checkpoints, err = sql.Open("sqlite3", dsn); err != nil {
+		if s.checkpoints, err = sql.Open(driver, dsn); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("open lease database %s: %w", path, err)
 		}
@@ -213,7 +217,7 @@ func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
 		l := c.Lease
 		if c.Delete {
 			if _, err := remove.ExecContext(ctx, l.IP.String()); err != nil {
-				return fmt.Errorf("delete lease %s: %w", l.IP, err)
+				return fmt.Errorf("delete lease %s in %s: %w", l.IP, s.path, err)
 			}
 			continue
 		}
@@ -222,7 +226,7 @@ func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
 			mac = l.MAC.String()
 		}
 		if _, err := upsert.ExecContext(ctx, l.IP.String(), l.ClientID, mac, l.Hostname, l.State.String(), l.Expires.Unix(), now); err != nil {
-			return fmt.Errorf("write lease %s: %w", l.IP, err)
+			return fmt.Errorf("write lease %s to %s: %w", l.IP, s.path, err)
 		}
 	}
 	committing = true
