@@ -87,7 +87,7 @@ func App() *cli.App {
 			},
 			{
 				Name:  "leases",
-				Usage: "read the lease database",
+				Usage: "read, check and recover the lease database",
 				Subcommands: []*cli.Command{
 					{
 						Name:   "list",
@@ -102,6 +102,9 @@ func App() *cli.App {
 						Flags:     leaseFlags(),
 						Action:    showLease,
 					},
+					leaseCheckCommand(),
+					leaseExportCommand(),
+					leaseImportCommand(),
 				},
 			},
 			{
@@ -117,11 +120,7 @@ func App() *cli.App {
 }
 
 func leaseFlags() []cli.Flag {
-	return []cli.Flag{
-		configFlag,
-		&cli.StringFlag{Name: flagLeaseDatabase, EnvVars: envVar(flagLeaseDatabase), Usage: "lease database file (default: from the configuration)"},
-		&cli.StringFlag{Name: flagOutput, Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
-	}
+	return append(leaseDatabaseFlags(), &cli.StringFlag{Name: flagOutput, Aliases: []string{"o"}, Value: "table", Usage: "table or json"})
 }
 
 // loadConfig reads the configuration file and applies flag and environment
@@ -213,7 +212,8 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("invalid log format %q: want text or json", format)
 }
 
-// leaseRecord is one lease as the leases commands print it.
+// leaseRecord is one lease as the leases commands print it; `leases export`
+// writes these with the stored state, and `leases import` reads them.
 type leaseRecord struct {
 	IP       string    `json:"ip"`
 	MAC      string    `json:"mac"`
@@ -223,26 +223,26 @@ type leaseRecord struct {
 	Expires  time.Time `json:"expires"`
 }
 
+// readLeases reads the database read-only, as the server would load it: a
+// damaged database, or one with a lease that cannot be loaded, is refused
+// with the way to recover.
 func readLeases(c *cli.Context) ([]leaseRecord, error) {
-	path := c.String(flagLeaseDatabase)
-	if path == "" {
-		cfg, err := loadConfig(c)
-		if err != nil {
-			return nil, fmt.Errorf("no --lease-database given and %w", err)
-		}
-		path = cfg.LeaseDatabase
-	}
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("lease database: %w", err)
-	}
-	store, err := leasedb.OpenSQLite(path)
+	store, err := openReadOnly(c)
 	if err != nil {
 		return nil, err
 	}
 	defer store.Close()
-	leases, err := store.Load(c.Context)
+	path := store.Path()
+	if err := store.Check(c.Context); err != nil {
+		return nil, fmt.Errorf("%w; see `hyperdhcpd leases check --lease-database %s`", err, path)
+	}
+	leases, skipped, err := store.Salvage(c.Context)
 	if err != nil {
 		return nil, err
+	}
+	if len(skipped) > 0 {
+		return nil, fmt.Errorf("lease database %s has %d rows that cannot be loaded (first: %s); see `hyperdhcpd leases check --lease-database %s`",
+			path, len(skipped), skipped[0], path)
 	}
 	slices.SortFunc(leases, func(a, b leasedb.Lease) int { return a.IP.Compare(b.IP) })
 	now := time.Now()
@@ -252,13 +252,19 @@ func readLeases(c *cli.Context) ([]leaseRecord, error) {
 		if (l.State == leasedb.StateBound || l.State == leasedb.StateDeclined) && !l.Expires.After(now) {
 			state = "expired"
 		}
-		mac := ""
-		if l.MAC != nil {
-			mac = l.MAC.String()
-		}
-		records = append(records, leaseRecord{IP: l.IP.String(), MAC: mac, ClientID: l.ClientID, Hostname: l.Hostname, State: state, Expires: l.Expires.UTC()})
+		records = append(records, newLeaseRecord(l, state))
 	}
 	return records, nil
+}
+
+// newLeaseRecord is a lease as the leases commands print it, in a given
+// state.
+func newLeaseRecord(l leasedb.Lease, state string) leaseRecord {
+	mac := ""
+	if l.MAC != nil {
+		mac = l.MAC.String()
+	}
+	return leaseRecord{IP: l.IP.String(), MAC: mac, ClientID: l.ClientID, Hostname: l.Hostname, State: state, Expires: l.Expires.UTC()}
 }
 
 func listLeases(c *cli.Context) error {

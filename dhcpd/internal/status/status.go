@@ -149,14 +149,22 @@ func (r *Reporter) Run(ctx context.Context) {
 // Patch writes s into status.pool and, when not nil, storage into
 // status.leaseStorage.
 func (r *Reporter) Patch(ctx context.Context, s leasedb.Stats, storage *hyperdhcpv1beta1.LeaseStorageStatus) error {
-	type status struct {
-		Pool         hyperdhcpv1beta1.PoolStatus          `json:"pool"`
-		LeaseStorage *hyperdhcpv1beta1.LeaseStorageStatus `json:"leaseStorage,omitempty"`
+	// A merge patch leaves out what it does not name: the message is always
+	// named, so a recovery clears the fault's.
+	type leaseStorage struct {
+		Available bool        `json:"available"`
+		Message   string      `json:"message"`
+		Since     metav1.Time `json:"since"`
 	}
-	patch, err := json.Marshal(map[string]status{"status": {
-		Pool:         hyperdhcpv1beta1.PoolStatus{Size: s.Size, Used: s.Used, Free: s.Free},
-		LeaseStorage: storage,
-	}})
+	type status struct {
+		Pool         hyperdhcpv1beta1.PoolStatus `json:"pool"`
+		LeaseStorage *leaseStorage               `json:"leaseStorage,omitempty"`
+	}
+	report := status{Pool: hyperdhcpv1beta1.PoolStatus{Size: s.Size, Used: s.Used, Free: s.Free}}
+	if storage != nil {
+		report.LeaseStorage = &leaseStorage{Available: storage.Available, Message: storage.Message, Since: storage.Since}
+	}
+	patch, err := json.Marshal(map[string]status{"status": report})
 	if err != nil {
 		return fmt.Errorf("encode status patch: %w", err)
 	}

@@ -2,6 +2,7 @@ package status
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -101,4 +102,44 @@ func TestRunReportsChanges(t *testing.T) {
 	require.Eventually(t, func() bool { return pool(t, servers, server.GetName())["used"] == int64(0) }, 10*time.Second, 50*time.Millisecond)
 	used.Store(3)
 	require.Eventually(t, func() bool { return pool(t, servers, server.GetName())["used"] == int64(3) }, 10*time.Second, 50*time.Millisecond)
+}
+
+// TestRunReportsLeaseStorageAtOnce: a storage fault reaches
+// status.leaseStorage when it starts and when it ends, without waiting for
+// the next tick, with its message and the time it began.
+func TestRunReportsLeaseStorageAtOnce(t *testing.T) {
+	servers, server := createServer(t)
+	var fault atomic.Pointer[error]
+	changed := make(chan struct{}, 1)
+	stats := func() leasedb.Stats { return leasedb.Stats{Size: 10, Free: 10} }
+	reporter, err := NewReporter(cfg, "default", server.GetName(), time.Hour, stats, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	reporter.WatchStorage(func() error {
+		if e := fault.Load(); e != nil {
+			return *e
+		}
+		return nil
+	}, changed)
+	go reporter.Run(t.Context())
+
+	storage := func() map[string]any {
+		got, err := servers.Get(context.Background(), server.GetName(), metav1.GetOptions{})
+		require.NoError(t, err)
+		s, _, _ := unstructured.NestedMap(got.Object, "status", "leaseStorage")
+		return s
+	}
+	require.Eventually(t, func() bool { return storage()["available"] == true }, 10*time.Second, 50*time.Millisecond)
+
+	full := errors.New("commit leases to /var/lib/hyperdhcp/leases.db: database or disk is full")
+	fault.Store(&full)
+	changed <- struct{}{}
+	require.Eventually(t, func() bool { return storage()["available"] == false }, 10*time.Second, 50*time.Millisecond,
+		"reported at once, not after the hour-long interval")
+	assert.Equal(t, full.Error(), storage()["message"])
+	assert.NotEmpty(t, storage()["since"])
+
+	fault.Store(nil)
+	changed <- struct{}{}
+	require.Eventually(t, func() bool { return storage()["available"] == true }, 10*time.Second, 50*time.Millisecond)
+	assert.Empty(t, storage()["message"], "the fault's message is cleared")
 }

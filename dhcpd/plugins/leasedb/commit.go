@@ -152,30 +152,41 @@ func (c *committer) run() {
 			err = c.store.Apply(context.Background(), changes)
 			c.observe(len(changes), time.Since(c.applying), err)
 		}
+		// During a fault a successful batch proves little (deleting a row
+		// that was never stored writes nothing): the storage is healthy
+		// again only when a write that always reaches the disk succeeds.
+		health := err
+		if health == nil && c.faulty() {
+			if p, ok := c.store.(prober); ok {
+				health = p.Probe(context.Background())
+			}
+		}
 
 		c.mu.Lock()
 		started := c.applying
 		c.applying = time.Time{}
-		var transition *storageFault
 		if err == nil {
 			c.durable = upTo
-			if c.failing != nil {
-				transition, c.failing = c.failing, nil
-			}
 		} else {
 			c.pending = append(changes, c.pending...)
-			if c.failing == nil {
-				c.failing = &storageFault{err: err, since: started}
-				transition = c.failing
-			}
+		}
+		var transition *storageFault
+		switch {
+		case health == nil && c.failing != nil:
+			transition, c.failing = c.failing, nil
+		case health != nil && c.failing == nil:
+			c.failing = &storageFault{err: health, since: started}
+			transition = c.failing
+		}
+		if health != nil {
 			c.failing.attempts++
 		}
 		c.waiters = c.release(upTo, err)
 		more := len(c.pending) > 0
 		c.mu.Unlock()
 		if transition != nil && c.faulted != nil {
-			if err != nil {
-				c.faulted(err, transition.since, 1)
+			if health != nil {
+				c.faulted(health, transition.since, 1)
 			} else {
 				c.faulted(nil, transition.since, transition.attempts)
 			}
@@ -184,7 +195,9 @@ func (c *committer) run() {
 		switch {
 		case closed:
 			return
-		case err != nil:
+		case health != nil:
+			// Retried (and probed) every second, traffic or not, so the
+			// fault clears by itself once the cause goes.
 			retry = time.After(retryAfter)
 		case more:
 			c.signal()
@@ -204,6 +217,18 @@ func (c *committer) release(upTo uint64, err error) []waiter {
 		}
 	}
 	return rest
+}
+
+// prober is a Store that can prove it takes writes.
+type prober interface {
+	// Probe makes one small durable write.
+	Probe(ctx context.Context) error
+}
+
+func (c *committer) faulty() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failing != nil
 }
 
 // fault returns the storage fault in progress: the first error of the

@@ -298,41 +298,58 @@ func (db *LeaseDB) StorageError() error {
 	return fmt.Errorf("lease database writes failing since %s: %w", since.UTC().Format(time.RFC3339), err)
 }
 
-// checkpointInterval is how often the WAL is copied into the database
-// file: at 6,000 leases a second that is well under SQLite's default
-// journal size, and idle servers copy nothing.
-const checkpointInterval = 10 * time.Second
+// A checkpoint copies the WAL into the database file, after which the
+// writer starts the WAL over instead of growing it: one is due every
+// checkpointInterval, or as soon as the WAL passes checkpointWALBytes (a
+// busy server adds a few pages per commit, so the WAL stays small beside
+// the volume), and every second during a storage fault, since a full
+// volume is often full of WAL.
+const (
+	checkpointInterval = 10 * time.Second
+	checkpointWALBytes = 1 << 20
+	checkpointPoll     = time.Second
+)
 
-// checkpoint copies the WAL into the database now and then, beside the
-// writer (SQLite would otherwise do it inside some client's commit), while
-// writes succeed: during a storage fault it would fail the same way.
+// checkpointer is a Store whose journal can be checkpointed.
+type checkpointer interface {
+	Checkpoint(ctx context.Context) (walPages, copied int, err error)
+	WALSize() int64
+}
+
+// checkpoint runs checkpoints beside the writer (SQLite would otherwise
+// run them inside some client's commit) until the LeaseDB closes.
 func (db *LeaseDB) checkpoint() {
 	defer close(db.checkpointsDone)
-	store, ok := db.store.(interface {
-		Checkpoint(ctx context.Context) (walPages, copied int, err error)
-	})
+	store, ok := db.store.(checkpointer)
 	if !ok {
 		return
 	}
-	ticker := time.NewTicker(checkpointInterval)
+	ticker := time.NewTicker(checkpointPoll)
 	defer ticker.Stop()
+	last := time.Now()
 	for {
 		select {
 		case <-db.stopCheckpoints:
 			return
 		case <-ticker.C:
 		}
-		if since, _ := db.committer.fault(); !since.IsZero() {
+		wal := store.WALSize()
+		faulty := db.committer.faulty()
+		if wal == 0 || !(faulty || wal >= checkpointWALBytes || time.Since(last) >= checkpointInterval) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 		pages, copied, err := store.Checkpoint(ctx)
 		cancel()
 		switch {
-		case err != nil && db.checkpointWarning.Allow(db.now()):
-			db.log.Warn("lease database checkpoint failed; the WAL grows until one succeeds", "error", err)
-		case err == nil && pages > 0:
+		case err == nil:
+			last = time.Now()
 			db.log.Debug("lease database checkpoint", "wal_pages", pages, "copied", copied)
+		case faulty:
+			// Part of the storage fault already logged.
+			db.log.Debug("lease database checkpoint failed", "error", err)
+		case db.checkpointWarning.Allow(db.now()):
+			db.log.Warn("lease database checkpoint failed; the WAL grows until one succeeds", "error", err)
 		}
 	}
 }

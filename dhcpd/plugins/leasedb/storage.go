@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -53,6 +54,10 @@ CREATE TABLE IF NOT EXISTS leases (
 	expires   INTEGER NOT NULL,
 	updated   INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS storage_probe (
+	id INTEGER PRIMARY KEY,
+	at INTEGER NOT NULL
+);
 `
 
 // uriPath escapes what SQLite's URI filenames give a meaning to: a path with
@@ -86,8 +91,9 @@ func openSQLite(driver, path string) (*SQLiteStore, error) {
 	db.SetConnMaxLifetime(0)
 	if err := checkIntegrity(db); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("lease database %s is damaged: %w (hyperdhcpd does not serve from it: move it aside and start again, "+
-			"after saving what can be read with `hyperdhcpd leases export`, which `hyperdhcpd leases import` loads into a new database)", path, err)
+		return nil, fmt.Errorf("lease database %s is damaged: %w (hyperdhcpd does not serve from it: see `hyperdhcpd leases check`; "+
+			"save what can be read with `hyperdhcpd leases export`, move the file aside with its -wal and -shm files, "+
+			"and load the export into a new database with `hyperdhcpd leases import`)", path, err)
 	}
 	if _, err := db.Exec(schema + "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 4194304;"); err != nil {
 		db.Close()
@@ -155,6 +161,29 @@ func (s *SQLiteStore) Checkpoint(ctx context.Context) (walPages, copied int, err
 		return 0, 0, fmt.Errorf("checkpoint %s: %w", s.path, err)
 	}
 	return walPages, copied, nil
+}
+
+// Probe writes one row of its own in a transaction: a write that always
+// reaches the disk, which tells whether the store takes writes again.
+func (s *SQLiteStore) Probe(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO storage_probe (id, at) VALUES (1, ?)
+		ON CONFLICT (id) DO UPDATE SET at = excluded.at`, time.Now().UnixNano()); err != nil {
+		return fmt.Errorf("probe writes to %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// WALSize is the size of the database's write-ahead log file, 0 when it
+// has none.
+func (s *SQLiteStore) WALSize() int64 {
+	if s.checkpoints == nil {
+		return 0
+	}
+	info, err := os.Stat(s.path + "-wal")
+	if err != nil {
+		return 0
+	}
+	return info.Size()
 }
 
 // Load implements Store.

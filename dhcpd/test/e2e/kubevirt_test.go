@@ -61,6 +61,7 @@ func startAPIServerAs(t *testing.T, hyperdhcpd envtest.User) (*envtest.Environme
 	require.NoError(t, kubevirtv1.AddToScheme(scheme))
 	require.NoError(t, corev1.AddToScheme(scheme))
 	require.NoError(t, rbacv1.AddToScheme(scheme))
+	require.NoError(t, hyperdhcpv1beta1.AddToScheme(scheme))
 	c, err := crclient.New(cfg, crclient.Options{Scheme: scheme})
 	require.NoError(t, err)
 	return env, c, path, cfg.Host
