@@ -16,7 +16,8 @@
 #
 # Knobs (environment): SERVERS, RATES (ascending), DURATION (seconds per
 # step), CLIENTS (random MACs), RESULTS (folder), GO_BENCHMARKS (0 to skip),
-# RESTART_LEASES (0 to skip the restart measurement).
+# RESTART_LEASES (0 to skip the restart measurement), PROFILE (1: a CPU
+# profile of hyperdhcpd's sweep in the results folder).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -165,7 +166,10 @@ start_server() {
 			metricsAddress: "0"
 			logLevel: warn
 		CONFIG
-		ip netns exec "$server_ns" "${binary[$name]}" serve --config "$dir/hyperdhcpd.yaml" 2>"$dir/server.log" &
+		# PROFILE=1: a Go CPU profile of the sweep, for `go tool pprof`.
+		local profile=()
+		[[ ${PROFILE:-0} != 1 ]] || profile=(--cpu-profile "$RESULTS/hyperdhcpd.cpu.pprof")
+		ip netns exec "$server_ns" "${binary[$name]}" serve --config "$dir/hyperdhcpd.yaml" "${profile[@]}" 2>"$dir/server.log" &
 		;;
 	kea)
 		jq -n --arg dir "$dir" '{Dhcp4: {

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -39,6 +40,7 @@ const (
 	flagMetricsAddress = "metrics-address"
 	flagLogLevel       = "log-level"
 	flagLogFormat      = "log-format"
+	flagCPUProfile     = "cpu-profile"
 	flagOutput         = "output"
 	flagKubeconfig     = "kubeconfig"
 )
@@ -64,6 +66,11 @@ var overrideFlags = []cli.Flag{
 
 var logFormatFlag = &cli.StringFlag{Name: flagLogFormat, EnvVars: envVar(flagLogFormat), Value: "text", Usage: "text or json"}
 
+// cpuProfileFlag is for measuring the packet path (make bench): off by
+// default, and never an endpoint.
+var cpuProfileFlag = &cli.StringFlag{Name: flagCPUProfile, EnvVars: envVar(flagCPUProfile),
+	Usage: "write a Go CPU profile of the whole run to this file (for `go tool pprof`)"}
+
 // App returns the hyperdhcpd command line application.
 func App() *cli.App {
 	return &cli.App{
@@ -76,7 +83,7 @@ func App() *cli.App {
 			{
 				Name:   "serve",
 				Usage:  "serve DHCP on the configured interface",
-				Flags:  append([]cli.Flag{configFlag, logFormatFlag}, overrideFlags...),
+				Flags:  append([]cli.Flag{configFlag, logFormatFlag, cpuProfileFlag}, overrideFlags...),
 				Action: serve,
 			},
 			{
@@ -183,6 +190,17 @@ func serve(c *cli.Context) error {
 	log, err := newLogger(c.App.ErrWriter, cfg.LogLevel, c.String(flagLogFormat))
 	if err != nil {
 		return err
+	}
+	if path := c.String(flagCPUProfile); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
