@@ -162,3 +162,36 @@ func TestStorageFaultIsOneEpisode(t *testing.T) {
 	require.NotNil(t, offer)
 	assert.Equal(t, dhcpv4.MessageTypeAck, h.handle(selectingRequest(t, mac(9), offer.YourIPAddr)).MessageType())
 }
+
+// TestWALStaysBoundedUnderSustainedWrites commits thousands of batches
+// back to back, as a busy server does, with the background checkpointer
+// running beside them: the write-ahead log must not grow without end (it
+// did: a checkpoint beside a busy writer never catches up).
+func TestWALStaysBoundedUnderSustainedWrites(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "leases.db")
+	store, err := OpenSQLite(path)
+	require.NoError(t, err)
+	c := newCommitter(store, 0, func(int, time.Duration, error) {}, nil)
+	defer func() { c.close(); store.Close() }()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // the background checkpointer's work, as often as it can
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_, _, _ = store.Checkpoint(context.Background())
+			}
+		}
+	}()
+	for i := range 4000 {
+		ip := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
+		ticket := c.append([]Change{{Lease: Lease{IP: ip, ClientID: "c-" + ip.String(), State: StateBound, Expires: time.Now().Add(time.Hour)}}})
+		require.NoError(t, c.wait(context.Background(), ticket))
+	}
+	assert.LessOrEqual(t, store.WALSize(), int64(4<<20), "the WAL is restarted, and cut back to journal_size_limit")
+	leases, err := store.Load(context.Background())
+	require.NoError(t, err)
+	assert.Len(t, leases, 4000)
+}
