@@ -14,7 +14,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=hack/lib.sh
 source "$repo/hack/lib.sh"
 : "${GORELEASER:?set GORELEASER to the goreleaser binary}"
-apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross jq
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
