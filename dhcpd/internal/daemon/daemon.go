@@ -183,7 +183,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}()
 
 	if k := cfg.Kubernetes; k != nil {
-		startStatusReporter(ctx, k, db.Stats, db.StorageError, storageChanged, log)
+		startStatusReporter(ctx, k, db.Stats, db.StorageFault, storageChanged, log)
 	}
 
 	log.Info("serving DHCP", "interface", cfg.Interface, "port", cfg.Port, "server", cfg.Server.ServerIP, "metrics", cfg.MetricsAddress)
@@ -246,7 +246,7 @@ func watchVMs(ctx context.Context, cfg *config.Config, metrics *server.Metrics, 
 // startStatusReporter keeps the Server's status.pool and
 // status.leaseStorage current. Without an API server hyperdhcpd still
 // serves DHCP: problems are logged, not fatal.
-func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func() leasedb.Stats, storage func() error,
+func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func() leasedb.Stats, storage func() (time.Time, error),
 	storageChanged <-chan struct{}, log *slog.Logger) {
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {

@@ -43,13 +43,14 @@ type Reporter struct {
 	// storage reports the lease storage fault in progress (nil: none);
 	// storageChanged wakes the reporter when it starts or ends, so the
 	// cluster hears of it at once rather than at the next tick.
-	storage        func() error
+	storage        func() (since time.Time, err error)
 	storageChanged <-chan struct{}
 }
 
-// WatchStorage makes the reporter write status.leaseStorage from fault,
-// at once whenever changed fires. Call it before Run.
-func (r *Reporter) WatchStorage(fault func() error, changed <-chan struct{}) {
+// WatchStorage makes the reporter write status.leaseStorage from fault
+// (the fault in progress and when it began; a nil error when there is
+// none), at once whenever changed fires. Call it before Run.
+func (r *Reporter) WatchStorage(fault func() (since time.Time, err error), changed <-chan struct{}) {
 	r.storage, r.storageChanged = fault, changed
 }
 
@@ -64,12 +65,11 @@ func (r *Reporter) current(previous *report) report {
 	if r.storage == nil {
 		return now
 	}
-	storage := &hyperdhcpv1beta1.LeaseStorageStatus{Available: true}
-	if err := r.storage(); err != nil {
-		storage.Available, storage.Message = false, truncate(err.Error(), 1024)
-	}
-	storage.Since = metav1.Now()
-	if previous != nil && previous.storage != nil && previous.storage.Available == storage.Available {
+	storage := &hyperdhcpv1beta1.LeaseStorageStatus{Available: true, Since: metav1.Now()}
+	if since, err := r.storage(); err != nil {
+		// When the fault began, not when the API heard of it.
+		storage.Available, storage.Message, storage.Since = false, truncate(err.Error(), 1024), metav1.NewTime(since)
+	} else if previous != nil && previous.storage != nil && previous.storage.Available {
 		storage.Since = previous.storage.Since
 	}
 	now.storage = storage

@@ -114,11 +114,12 @@ func TestRunReportsLeaseStorageAtOnce(t *testing.T) {
 	stats := func() leasedb.Stats { return leasedb.Stats{Size: 10, Free: 10} }
 	reporter, err := NewReporter(cfg, "default", server.GetName(), time.Hour, stats, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
-	reporter.WatchStorage(func() error {
+	began := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
+	reporter.WatchStorage(func() (time.Time, error) {
 		if e := fault.Load(); e != nil {
-			return *e
+			return began, *e
 		}
-		return nil
+		return time.Time{}, nil
 	}, changed)
 	go reporter.Run(t.Context())
 
@@ -136,7 +137,7 @@ func TestRunReportsLeaseStorageAtOnce(t *testing.T) {
 	require.Eventually(t, func() bool { return storage()["available"] == false }, 10*time.Second, 50*time.Millisecond,
 		"reported at once, not after the hour-long interval")
 	assert.Equal(t, full.Error(), storage()["message"])
-	assert.NotEmpty(t, storage()["since"])
+	assert.Equal(t, "2026-11-30T08:00:00Z", storage()["since"], "since: when the fault began")
 
 	fault.Store(nil)
 	changed <- struct{}{}

@@ -288,6 +288,10 @@ func (db *LeaseDB) storageFaulted(err error, since time.Time, attempts int) {
 	}
 }
 
+// StorageFault returns the storage fault in progress, with when writes
+// started failing; a nil error while writes succeed.
+func (db *LeaseDB) StorageFault() (since time.Time, err error) { return db.committer.fault() }
+
 // StorageError describes the storage fault in progress (writes failing
 // since when, and why); nil while writes succeed.
 func (db *LeaseDB) StorageError() error {
@@ -299,14 +303,13 @@ func (db *LeaseDB) StorageError() error {
 }
 
 // A checkpoint copies the WAL into the database file, after which the
-// writer starts the WAL over instead of growing it: one is due every
-// checkpointInterval, or as soon as the WAL passes checkpointWALBytes (a
-// busy server adds a few pages per commit, so the WAL stays small beside
-// the volume), and every second during a storage fault, since a full
-// volume is often full of WAL.
+// writer starts the WAL over instead of growing it. The committer restarts
+// the WAL itself every few hundred commits (a checkpoint beside a busy
+// writer never catches up); this one, beside the writer, copies the rest
+// every checkpointInterval, and every second during a storage fault, since
+// a full volume is often full of WAL.
 const (
 	checkpointInterval = 10 * time.Second
-	checkpointWALBytes = 1 << 20
 	checkpointPoll     = time.Second
 )
 
@@ -335,7 +338,7 @@ func (db *LeaseDB) checkpoint() {
 		}
 		wal := store.WALSize()
 		faulty := db.committer.faulty()
-		if wal == 0 || !(faulty || wal >= checkpointWALBytes || time.Since(last) >= checkpointInterval) {
+		if wal == 0 || !(faulty || time.Since(last) >= checkpointInterval) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)

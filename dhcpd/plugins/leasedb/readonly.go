@@ -86,13 +86,17 @@ func (s *ReadOnlyStore) Check(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkIntegrity(s.db); err != nil {
-		if h, ok := readSQLiteHeader(s.path); ok && h.cutShort() {
-			err = fmt.Errorf("%w (%s)", err, h)
-		}
-		return fmt.Errorf("lease database %s is damaged: %w", s.path, err)
+	damaged, err := checkIntegrity(s.db)
+	switch {
+	case err == nil:
+		return nil
+	case !damaged:
+		return fmt.Errorf("read lease database %s: %w", s.path, err)
 	}
-	return nil
+	if h, ok := readSQLiteHeader(s.path); ok && h.cutShort() {
+		err = fmt.Errorf("%w (%s)", err, h)
+	}
+	return fmt.Errorf("lease database %s is damaged: %w", s.path, err)
 }
 
 // Salvage reads every lease it can. Each row is read and parsed on its own:

@@ -20,10 +20,11 @@ import (
 // records what each Apply made durable.
 type faultyStore struct {
 	Store
-	fail    atomic.Bool
-	delay   func() time.Duration
-	mu      sync.Mutex
-	durable map[netip.Addr]Lease // rows as the store has them after each successful Apply
+	fail      atomic.Bool
+	probeFail atomic.Bool // only the Probe fails
+	delay     func() time.Duration
+	mu        sync.Mutex
+	durable   map[netip.Addr]Lease // rows as the store has them after each successful Apply
 }
 
 func (s *faultyStore) Apply(ctx context.Context, changes []Change) error {
@@ -44,6 +45,15 @@ func (s *faultyStore) Apply(ctx context.Context, changes []Change) error {
 		} else {
 			s.durable[c.Lease.IP] = c.Lease
 		}
+	}
+	return nil
+}
+
+// Probe fails while either switch is on: a store can take a batch that
+// writes nothing and still refuse real writes.
+func (s *faultyStore) Probe(context.Context) error {
+	if s.fail.Load() || s.probeFail.Load() {
+		return errors.New("disk full")
 	}
 	return nil
 }

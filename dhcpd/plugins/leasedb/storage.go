@@ -11,8 +11,7 @@ import (
 	"strings"
 	"time"
 
-	// SQLite driver registered as "sqlite3".
-	_ "github.com/mattn/go-sqlite3"
+	"github.com/mattn/go-sqlite3"
 )
 
 // Store persists leases. The plugin keeps all leases in memory and uses the
@@ -66,7 +65,25 @@ var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 
 // OpenSQLite opens (creating if needed) the lease database at path; ":memory:"
 // gives a private in-memory database for tests.
-func OpenSQLite(path string) (*SQLiteStore, error) { return openSQLite("sqlite3", path) }
+func OpenSQLite(path string) (*SQLiteStore, error) { return openSQLite(driverName, path) }
+
+// driverName is the SQLite driver with hyperdhcpd's per-connection
+// settings, so a connection database/sql opens anew has them too.
+const driverName = "sqlite3-hyperdhcpd"
+
+func init() {
+	sql.Register(driverName, &sqlite3.SQLiteDriver{ConnectHook: configureConnection})
+}
+
+// configureConnection sets what SQLite keeps per connection:
+// wal_autocheckpoint=0, since SQLite would otherwise checkpoint inside the
+// COMMIT that crosses 1,000 WAL pages, on some client's ACK path (the
+// committer and the checkpointer do it instead), and a WAL file cut back
+// to 4 MiB when it starts over.
+func configureConnection(c *sqlite3.SQLiteConn) error {
+	_, err := c.Exec("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 4194304", nil)
+	return err
+}
 
 // openSQLite is OpenSQLite with a registered SQLite driver of choice (a
 // test's, with hooks).
@@ -74,9 +91,6 @@ func openSQLite(driver, path string) (*SQLiteStore, error) {
 	// synchronous=FULL: a committed transaction survives power loss, which is
 	// what "durable before the ACK" means. WAL keeps that to one fsync per
 	// transaction, and group commit makes it one per batch of leases.
-	// wal_autocheckpoint=0: SQLite would otherwise checkpoint inside the
-	// COMMIT that crosses 1,000 WAL pages, on some client's ACK path; the
-	// Checkpointer does it beside the writer instead.
 	dsn := "file:" + uriPath.Replace(path) + "?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate"
 	if path == ":memory:" {
 		dsn = "file::memory:?_txlock=immediate"
@@ -89,13 +103,18 @@ func openSQLite(driver, path string) (*SQLiteStore, error) {
 	// per-connection.
 	db.SetMaxOpenConns(1)
 	db.SetConnMaxLifetime(0)
-	if err := checkIntegrity(db); err != nil {
+	if damaged, err := checkIntegrity(db); err != nil {
 		db.Close()
+		if !damaged {
+			// Not the file's fault (a full or read-only volume, permissions):
+			// the salvage procedure would be the wrong advice.
+			return nil, fmt.Errorf("open lease database %s: %w", path, err)
+		}
 		return nil, fmt.Errorf("lease database %s is damaged: %w (hyperdhcpd does not serve from it: see `hyperdhcpd leases check`; "+
 			"save what can be read with `hyperdhcpd leases export`, move the file aside with its -wal and -shm files, "+
 			"and load the export into a new database with `hyperdhcpd leases import`)", path, err)
 	}
-	if _, err := db.Exec(schema + "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 4194304;"); err != nil {
+	if _, err := db.Exec(schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("create lease table in %s: %w", path, err)
 	}
@@ -123,29 +142,36 @@ func openSQLite(driver, path string) (*SQLiteStore, error) {
 // checkIntegrity runs SQLite's quick_check (every page and index, not
 // the slower cross-checks of integrity_check): a damaged file is refused
 // before a lease is read from it.
-func checkIntegrity(db *sql.DB) error {
+// damaged tells whether the error describes the file's content.
+func checkIntegrity(db *sql.DB) (damaged bool, err error) {
+	defer func() {
+		var sqliteErr sqlite3.Error
+		if errors.As(err, &sqliteErr) && (sqliteErr.Code == sqlite3.ErrCorrupt || sqliteErr.Code == sqlite3.ErrNotADB) {
+			damaged = true
+		}
+	}()
 	rows, err := db.Query("PRAGMA quick_check")
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer rows.Close()
 	var problems []string
 	for rows.Next() {
 		var line string
 		if err := rows.Scan(&line); err != nil {
-			return err
+			return false, err
 		}
 		if line != "ok" && len(problems) < 5 {
 			problems = append(problems, line)
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return err
+		return false, err
 	}
 	if len(problems) > 0 {
-		return errors.New(strings.Join(problems, "; "))
+		return true, errors.New(strings.Join(problems, "; "))
 	}
-	return nil
+	return false, nil
 }
 
 // Checkpoint copies the WAL into the database file and lets the WAL start
@@ -159,6 +185,9 @@ func (s *SQLiteStore) Checkpoint(ctx context.Context) (walPages, copied int, err
 	var busy int
 	if err := s.checkpoints.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &walPages, &copied); err != nil {
 		return 0, 0, fmt.Errorf("checkpoint %s: %w", s.path, err)
+	}
+	if busy != 0 {
+		return walPages, copied, fmt.Errorf("checkpoint %s: busy", s.path)
 	}
 	return walPages, copied, nil
 }
@@ -186,6 +215,11 @@ func (s *SQLiteStore) RestartWAL(ctx context.Context) error {
 	var busy, walPages, copied int
 	if err := s.db.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &walPages, &copied); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", s.path, err)
+	}
+	// SQLite reports a checkpoint it could not finish in its result, not
+	// as an error: the WAL would not start over.
+	if busy != 0 || copied != walPages {
+		return fmt.Errorf("checkpoint %s: %d of %d WAL pages copied (busy %d)", s.path, copied, walPages, busy)
 	}
 	return nil
 }

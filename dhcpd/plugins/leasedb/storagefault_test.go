@@ -71,7 +71,7 @@ var failingCommits = func() *atomic.Bool {
 			}
 			return 0
 		})
-		return nil
+		return configureConnection(c)
 	}})
 	return fail
 }()
@@ -194,4 +194,29 @@ func TestWALStaysBoundedUnderSustainedWrites(t *testing.T) {
 	leases, err := store.Load(context.Background())
 	require.NoError(t, err)
 	assert.Len(t, leases, 4000)
+}
+
+// TestRecoveryNeedsARealWrite: during a fault a batch that writes nothing
+// (a reverted offer's delete) succeeds even on a full disk; the fault
+// clears only when the probe write does.
+func TestRecoveryNeedsARealWrite(t *testing.T) {
+	events := &storageEvents{}
+	h, store := newFaultyHarness(t, func(o *Options) { o.Observer = events })
+	store.fail.Store(true)
+	offer := h.discover(mac(1))
+	require.NotNil(t, offer)
+	assert.Nil(t, h.handle(selectingRequest(t, mac(1), offer.YourIPAddr)))
+	require.Error(t, h.db.StorageError())
+
+	store.probeFail.Store(true)
+	store.fail.Store(false) // batches succeed, real writes still fail
+	time.Sleep(2500 * time.Millisecond)
+	assert.Error(t, h.db.StorageError(), "still failing: only the probe proves the storage")
+	available, _ := events.seen()
+	assert.Equal(t, []bool{false}, available)
+
+	store.probeFail.Store(false)
+	require.Eventually(t, func() bool { return h.db.StorageError() == nil }, 5*time.Second, 20*time.Millisecond)
+	available, _ = events.seen()
+	assert.Equal(t, []bool{false, true}, available)
 }
