@@ -18,7 +18,7 @@ if [[ $EUID -ne 0 ]]; then
 	echo "images: buildah needs root here" >&2
 	exit 1
 fi
-apt_install buildah skopeo ca-certificates
+apt_install buildah ca-certificates
 
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT

@@ -29,10 +29,6 @@ func (d *demo) outlastAPIOutage(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	environ, err := procList(pid, "environ")
-	if err != nil {
-		return err
-	}
 	// Killed, as a crashed or fenced control-plane node goes: a graceful
 	// stop would drain the watches for a minute first.
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -77,7 +73,8 @@ func (d *demo) outlastAPIOutage(ctx context.Context) error {
 	d.detail("%s renewed (RENEW to %s) during the outage: ACK %s for %ss",
 		renewing.name, env["new_dhcp_server_identifier"], env["new_ip_address"], env["new_dhcp_lease_time"])
 
-	restarted, err := d.start("kube-apiserver.log", environ, argv[0], argv[1:]...)
+	// It inherited this process's environment, as the new one does.
+	restarted, err := d.start("kube-apiserver.log", nil, argv[0], argv[1:]...)
 	if err != nil {
 		return fmt.Errorf("start kube-apiserver again: %w", err)
 	}
@@ -144,7 +141,7 @@ func childProcess(command string) (int, error) {
 	return 0, fmt.Errorf("no %s process started by this one", command)
 }
 
-// procList reads a NUL-separated list (cmdline, environ) of a process.
+// procList reads a NUL-separated list (such as cmdline) of a process.
 func procList(pid int, name string) ([]string, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, name))
 	if err != nil {

@@ -40,9 +40,6 @@ type SQLiteStore struct {
 	upsert, remove *sql.Stmt // prepared once: preparing per transaction costs CPU on the hot path
 }
 
-// Path is the database file.
-func (s *SQLiteStore) Path() string { return s.path }
-
 const schema = `
 CREATE TABLE IF NOT EXISTS leases (
 	ip        TEXT PRIMARY KEY,
