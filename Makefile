@@ -4,6 +4,12 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 
 LOCALBIN ?= $(CURDIR)/bin
+# SQLite syncs its write-ahead log with fdatasync instead of fsync: the same
+# durability (the data, and the size needed to read it back) without also
+# writing the file's timestamps, one disk write and wait fewer per commit.
+# Every build and test of hyperdhcpd goes through here, the release through
+# .goreleaser.yaml, which sets the same.
+export CGO_CFLAGS := -O2 -g -DHAVE_FDATASYNC=1
 # Tools are built once per machine into a per-user cache that every clone
 # (CI's fresh ones included) shares, like the envtest binaries.
 TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hyperdhcp/tools

@@ -154,7 +154,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		})
 	}
 
-	chain, err := server.BuildChain(&cfg.Server, db.Handler4)
+	deferred := db.Deferred()
+	chain, err := server.BuildChain(&cfg.Server, deferred.Handler4)
 	if err != nil {
 		return err
 	}
@@ -164,7 +165,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer conn.Close()
 
-	srv := server.New(conn, chain, metrics, log)
+	srv := server.New(conn, chain, deferred, metrics, log)
 	srvRef.Store(srv)
 
 	go func() {

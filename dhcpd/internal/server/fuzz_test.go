@@ -57,7 +57,7 @@ func fuzzTarget(t testing.TB) (*Server, *leasedb.LeaseDB) {
 			Reservations: []leasedb.Reservation{{
 				MAC: net.HardwareAddr{2, 0, 0x5e, 0x10, 0, 1}, IP: netip.MustParseAddr("192.168.77.20"), Hostname: "pxe"}},
 			Store: fuzzStore, Observer: metrics,
-			CommitWindow: -1, // measure and fuzz the code, not the wait for company
+			// measure and fuzz the code, not the wait for company
 		})
 		if err != nil {
 			panic(err)
@@ -66,7 +66,7 @@ func fuzzTarget(t testing.TB) (*Server, *leasedb.LeaseDB) {
 		if err != nil {
 			panic(err)
 		}
-		fuzzServer = New(nil, chain, metrics, slog.New(slog.DiscardHandler))
+		fuzzServer = New(nil, chain, nil, metrics, slog.New(slog.DiscardHandler))
 	})
 	return fuzzServer, fuzzDB
 }

@@ -87,7 +87,7 @@ func BenchmarkDORA(b *testing.B) {
 			db, err := leasedb.New(context.Background(), leasedb.Options{
 				Server: netip.MustParsePrefix("192.168.0.2/16"),
 				Pools:  []leasedb.Range{{First: netip.MustParseAddr("192.168.1.0"), Last: netip.MustParseAddr("192.168.255.254")}},
-				Store:  store, CommitWindow: -1, Resolver: tc.resolver, OnlyKnown: tc.resolver != nil,
+				Store:  store, Resolver: tc.resolver, OnlyKnown: tc.resolver != nil,
 				Logger: slog.New(slog.DiscardHandler),
 			})
 			if err != nil {

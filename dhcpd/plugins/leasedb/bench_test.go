@@ -100,7 +100,7 @@ func BenchmarkDiscoverExhausted16(b *testing.B) {
 		b.Fatal(err)
 	}
 	db, err := New(context.Background(), Options{
-		Server: netip.MustParsePrefix("10.77.0.2/16"), Pools: []Range{{First: first, Last: last}}, Store: store, CommitWindow: -1,
+		Server: netip.MustParsePrefix("10.77.0.2/16"), Pools: []Range{{First: first, Last: last}}, Store: store,
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -3,16 +3,11 @@ package leasedb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
 )
-
-// DefaultCommitWindow is how long a commit waits for more leases to share
-// its fsync. Measured with make bench on 2 cores: CPU per exchange falls by
-// about 30% at 1,000/s (400 -> 290 µs) and 4% at 3,000/s, for about 0.4-0.8
-// ms more on the ACK, which no DHCP client notices.
-const DefaultCommitWindow = 300 * time.Microsecond
 
 // retryAfter is how long the committer waits before writing again after a
 // failed transaction, so a full disk is not hammered once per packet.
@@ -22,9 +17,19 @@ var errCommitterClosed = errors.New("lease database is closing")
 
 // committer writes the allocator's change log to the store with group
 // commit: handlers append their changes while they hold the lease lock, so
-// the log is in the order memory changed, and wait for their ticket; one
-// goroutine writes everything appended so far in a single transaction (one
-// fsync) and then releases all of those waiters together.
+// the log is in the order memory changed, and wait for their ticket. One
+// transaction (one fsync) writes everything appended so far and releases all
+// of its waiters together; what arrives while it runs forms the next batch.
+//
+// The first handler to wait while nothing is being written writes the batch
+// itself, on its own goroutine: at low rates an ACK then costs no hand-off
+// to another goroutine and back, which on a small VM costs more CPU than
+// the transaction (two futex wake-ups and context switches per REQUEST).
+// There is no timer to wait for company: Go rounds a sleep under a
+// millisecond up to one when the process is otherwise idle, which made a
+// 300 µs window the largest part of the ACK's latency. A background
+// goroutine writes batches nobody waits for, the batch that built up
+// behind a running one, and the retries after a failure.
 //
 // A failed transaction is not lost: its changes go back to the head of the
 // log and are written again before anything newer. Every change is a whole
@@ -32,7 +37,6 @@ var errCommitterClosed = errors.New("lease database is closing")
 // compacted to that before each write.
 type committer struct {
 	store   Store
-	window  time.Duration // how long to wait for company; <= 0: no wait
 	observe func(batch int, took time.Duration, err error)
 	// faulted is called once when writes start failing (with the first
 	// error) and once when they succeed again (with nil): the episode, not
@@ -41,7 +45,7 @@ type committer struct {
 	wake    chan struct{}
 	done    chan struct{}
 	// sinceRestart counts the batches written since the WAL last started
-	// over; the committer's goroutine alone uses it.
+	// over; only the goroutine that is writing uses it.
 	sinceRestart int
 
 	mu       sync.Mutex
@@ -50,6 +54,9 @@ type committer struct {
 	durable  uint64 // every change up to this ticket is in the store
 	waiters  []waiter
 	closed   bool
+	// writing is set while one goroutine writes a batch; there is never
+	// more than one.
+	writing bool
 	// applying is when the running transaction started (zero when none),
 	// for liveness checks.
 	applying time.Time
@@ -69,10 +76,9 @@ type waiter struct {
 	result chan error
 }
 
-func newCommitter(store Store, window time.Duration, observe func(int, time.Duration, error), faulted func(error, time.Time, int)) *committer {
+func newCommitter(store Store, observe func(int, time.Duration, error), faulted func(error, time.Time, int)) *committer {
 	c := &committer{
 		store:   store,
-		window:  window,
 		observe: observe,
 		faulted: faulted,
 		wake:    make(chan struct{}, 1),
@@ -84,18 +90,20 @@ func newCommitter(store Store, window time.Duration, observe func(int, time.Dura
 
 // append adds changes to the log and returns the ticket to wait for. The
 // caller holds the lock under which the changes were made, which is what
-// keeps the log in order.
+// keeps the log in order. The caller then waits for the ticket, which
+// writes the changes, or calls flush.
 func (c *committer) append(changes []Change) uint64 {
 	c.mu.Lock()
 	c.pending = append(c.pending, changes...)
 	c.appended += uint64(len(changes))
 	ticket := c.appended
 	c.mu.Unlock()
-	if len(changes) > 0 {
-		c.signal()
-	}
 	return ticket
 }
+
+// flush has the background goroutine write what was appended, for changes
+// nobody waits for (an offer taken back, expiries).
+func (c *committer) flush() { c.signal() }
 
 func (c *committer) signal() {
 	select {
@@ -107,7 +115,9 @@ func (c *committer) signal() {
 // wait returns once every change up to ticket is durable, or with the
 // reason they are not (the transaction failed, ctx ended, or the committer
 // closed). A failed change is still written later; the caller only learns
-// that it cannot count on it now.
+// that it cannot count on it now. When nothing is being written, the
+// caller writes the batch itself; during a storage fault it returns at
+// once.
 func (c *committer) wait(ctx context.Context, ticket uint64) error {
 	c.mu.Lock()
 	if c.durable >= ticket {
@@ -117,6 +127,20 @@ func (c *committer) wait(ctx context.Context, ticket uint64) error {
 	if c.closed {
 		c.mu.Unlock()
 		return errCommitterClosed
+	}
+	if c.failing != nil {
+		// During a fault only the background goroutine writes, once per
+		// retryAfter; nobody waits for it: a server answering from one
+		// goroutine would stop answering at all.
+		err := c.failing.err
+		c.mu.Unlock()
+		return fmt.Errorf("lease storage is failing: %w", err)
+	}
+	if !c.writing {
+		c.writing = true
+		c.mu.Unlock()
+		// The batch covers ticket: it was appended before this call.
+		return c.write()
 	}
 	w := waiter{ticket: ticket, result: make(chan error, 1)}
 	c.waiters = append(c.waiters, w)
@@ -129,86 +153,111 @@ func (c *committer) wait(ctx context.Context, ticket uint64) error {
 	}
 }
 
+// run is the background writer: batches nobody waits for, the batch that
+// built up behind another, retries during a fault, the last batch at close.
 func (c *committer) run() {
 	defer close(c.done)
 	var retry <-chan time.Time
 	for {
+		retried := false
 		if retry != nil {
 			// After a failure, new changes wait for the back-off too: a full
 			// disk must not be retried once per packet.
 			<-retry
-			retry = nil
+			retry, retried = nil, true
 		} else {
 			<-c.wake
 		}
-		if c.window > 0 {
-			time.Sleep(c.window)
-		}
 		c.mu.Lock()
-		changes, upTo, closed := compact(c.pending), c.appended, c.closed
-		c.pending = nil
-		c.applying = time.Now()
+		if c.writing {
+			// The writer signals when it is done.
+			c.mu.Unlock()
+			continue
+		}
+		if c.failing != nil && !retried && !c.closed {
+			// A handler's write failed: the retries are paced from here.
+			c.mu.Unlock()
+			retry = time.After(retryAfter)
+			continue
+		}
+		closed := c.closed
+		c.writing = true
 		c.mu.Unlock()
-
-		var err error
-		if len(changes) > 0 {
-			err = c.store.Apply(context.Background(), changes)
-			c.observe(len(changes), time.Since(c.applying), err)
-			if err == nil {
-				c.boundWAL()
-			}
-		}
-		// During a fault a successful batch proves little (deleting a row
-		// that was never stored writes nothing): the storage is healthy
-		// again only when a write that always reaches the disk succeeds.
-		health := err
-		if health == nil && c.faulty() {
-			if p, ok := c.store.(prober); ok {
-				health = p.Probe(context.Background())
-			}
-		}
-
-		c.mu.Lock()
-		started := c.applying
-		c.applying = time.Time{}
-		if err == nil {
-			c.durable = upTo
-		} else {
-			c.pending = append(changes, c.pending...)
-		}
-		var transition *storageFault
-		switch {
-		case health == nil && c.failing != nil:
-			transition, c.failing = c.failing, nil
-		case health != nil && c.failing == nil:
-			c.failing = &storageFault{err: health, since: started}
-			transition = c.failing
-		}
-		if health != nil {
-			c.failing.attempts++
-		}
-		c.waiters = c.release(upTo, err)
-		more := len(c.pending) > 0
-		c.mu.Unlock()
-		if transition != nil && c.faulted != nil {
-			if health != nil {
-				c.faulted(health, transition.since, 1)
-			} else {
-				c.faulted(nil, transition.since, transition.attempts)
-			}
-		}
-
+		_ = c.write()
 		switch {
 		case closed:
 			return
-		case health != nil:
+		case c.faulty():
 			// Retried (and probed) every second, traffic or not, so the
 			// fault clears by itself once the cause goes.
 			retry = time.After(retryAfter)
-		case more:
-			c.signal()
 		}
 	}
+}
+
+// write writes everything appended so far as one transaction, releases the
+// waiters it covers and returns its result; the caller has set c.writing.
+func (c *committer) write() error {
+	c.mu.Lock()
+	changes, upTo := compact(c.pending), c.appended
+	c.pending = nil
+	c.applying = time.Now()
+	c.mu.Unlock()
+
+	var err error
+	if len(changes) > 0 {
+		err = c.store.Apply(context.Background(), changes)
+		c.observe(len(changes), time.Since(c.applying), err)
+		if err == nil {
+			c.boundWAL()
+		}
+	}
+	// During a fault a successful batch proves little (deleting a row
+	// that was never stored writes nothing): the storage is healthy
+	// again only when a write that always reaches the disk succeeds.
+	health := err
+	if health == nil && c.faulty() {
+		if p, ok := c.store.(prober); ok {
+			health = p.Probe(context.Background())
+		}
+	}
+
+	c.mu.Lock()
+	started := c.applying
+	c.applying = time.Time{}
+	if err == nil {
+		c.durable = upTo
+	} else {
+		c.pending = append(changes, c.pending...)
+	}
+	var transition *storageFault
+	switch {
+	case health == nil && c.failing != nil:
+		transition, c.failing = c.failing, nil
+	case health != nil && c.failing == nil:
+		c.failing = &storageFault{err: health, since: started}
+		transition = c.failing
+	}
+	if health != nil {
+		c.failing.attempts++
+	}
+	c.waiters = c.release(upTo, err)
+	c.writing = false
+	// Whatever was appended meanwhile, a failure to retry or a close is the
+	// background writer's.
+	handOver := len(c.pending) > 0 || health != nil || c.closed
+	c.mu.Unlock()
+	if transition != nil && c.faulted != nil {
+		if health != nil {
+			c.faulted(health, transition.since, 1)
+		} else {
+			c.faulted(nil, transition.since, transition.attempts)
+		}
+	}
+	if handOver {
+		c.signal()
+	}
+	return err
 }
 
 // release answers the waiters whose tickets the last transaction covered

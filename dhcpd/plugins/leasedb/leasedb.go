@@ -64,9 +64,6 @@ type Options struct {
 	OfferHold time.Duration
 	// DeclineProbation is how long a declined address is quarantined.
 	DeclineProbation time.Duration
-	// CommitWindow is how long a commit waits for more leases to share its
-	// fsync: 0 means DefaultCommitWindow, a negative value no wait.
-	CommitWindow time.Duration
 	// IdentifyByMAC keys leases by hardware address even when a client
 	// sends option 61 (Kea's match-client-id false).
 	IdentifyByMAC bool
@@ -264,11 +261,7 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 			"count", stats.Outside)
 	}
 	db.log.Info("lease database loaded", "rows", len(stored), "used", stats.Used, "quarantined", stats.Quarantined)
-	window := opts.CommitWindow
-	if window == 0 {
-		window = DefaultCommitWindow
-	}
-	db.committer = newCommitter(db.store, window, db.observer.Committed, db.storageFaulted)
+	db.committer = newCommitter(db.store, db.observer.Committed, db.storageFaulted)
 	db.stopCheckpoints, db.checkpointsDone = make(chan struct{}), make(chan struct{})
 	go db.checkpoint()
 	return db, nil
@@ -365,9 +358,19 @@ func orDefault(d, def time.Duration) time.Duration {
 }
 
 // locked runs f with the lease lock held and hands the changes f made to
-// the committer, in order; it returns their ticket. The deferred unlock
-// keeps a panicking f from locking out every other packet.
-func (db *LeaseDB) locked(f func(now time.Time)) uint64 {
+// the committer, in order, to be written in the background: for changes
+// no reply depends on. The deferred unlock keeps a panicking f from locking
+// out every other packet.
+func (db *LeaseDB) locked(f func(now time.Time)) {
+	if db.lockedTicket(f) != 0 {
+		db.committer.flush()
+	}
+}
+
+// lockedTicket is locked for a caller that waits for the changes to be
+// durable: it returns their ticket (0 when f changed nothing), and the wait
+// writes them.
+func (db *LeaseDB) lockedTicket(f func(now time.Time)) uint64 {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	f(db.now())
@@ -464,8 +467,15 @@ func addrOf(ip net.IP) (netip.Addr, bool) {
 	return a, true
 }
 
-// Handler4 is the CoreDHCP handler.
+// Handler4 is the CoreDHCP handler: it returns an ACK once its lease is
+// written.
 func (db *LeaseDB) Handler4(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
+	return db.handle(req, resp, nil)
+}
+
+// handle answers req; with defer_ set, REQUEST, RELEASE and DECLINE do not
+// wait for their changes to be written (see Deferred).
+func (db *LeaseDB) handle(req, resp *dhcpv4.DHCPv4, defer_ func(*dhcpv4.DHCPv4, pendingAck)) (*dhcpv4.DHCPv4, bool) {
 	if relay, ok := addrOf(req.GatewayIPAddr); ok && !db.server.Masked().Contains(relay) {
 		// A relay on another subnet needs a pool of that subnet.
 		db.observer.Dropped(DropForeignRelay)
@@ -475,12 +485,12 @@ func (db *LeaseDB) Handler4(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	case dhcpv4.MessageTypeDiscover:
 		return db.discover(req, resp)
 	case dhcpv4.MessageTypeRequest:
-		return db.request(req, resp)
+		return db.request(req, resp, defer_)
 	case dhcpv4.MessageTypeRelease:
-		db.release(req)
+		db.release(req, defer_ == nil)
 		return nil, true
 	case dhcpv4.MessageTypeDecline:
-		db.decline(req)
+		db.decline(req, defer_ == nil)
 		return nil, true
 	case dhcpv4.MessageTypeInform:
 		// INFORM: the client has an address already; answer options only,
@@ -535,7 +545,10 @@ func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	return resp, false
 }
 
-func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
+// request answers a REQUEST. With defer_ nil it waits for the lease to be
+// written before it returns the ACK; otherwise it hands the pending ACK to
+// defer_ and returns at once.
+func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4, defer_ func(*dhcpv4.DHCPv4, pendingAck)) (*dhcpv4.DHCPv4, bool) {
 	c, known := db.clientOf(req)
 	if !known {
 		return nil, true
@@ -577,7 +590,8 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 
 	var al allocation
 	var lease Lease
-	ticket := db.locked(func(now time.Time) {
+	ticket := db.lockedTicket(func(now time.Time) {
+		// The entry is the allocator's: its lease is copied under the lock.
 		if al = db.alloc.request(c, target, kind, now); al.verdict == ack {
 			lease = al.entry.Lease
 		}
@@ -589,21 +603,44 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	case nak:
 		return db.nak(req, al.reason)
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
-	defer cancel()
-	if err := db.committer.wait(ctx, ticket); err != nil {
-		// Without a durable lease there is no ACK; the client retries.
-		db.locked(func(now time.Time) { db.alloc.revert(al, now) })
-		// The fault is logged once per episode by storageFaulted.
-		db.observer.Dropped(DropCommitFailed)
-		return nil, true
-	}
-	if al.before == nil || al.before.State != StateBound {
-		db.tell(c, EventAssigned, lease.IP) // a new address, not a renewal
+	pending := pendingAck{client: c, allocation: al, lease: lease, ticket: ticket}
+	if defer_ != nil {
+		defer_(req, pending)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+		defer cancel()
+		if err := db.committer.wait(ctx, ticket); err != nil {
+			db.ackFailed(pending)
+			return nil, true
+		}
+		db.ackDurable(pending)
 	}
 	db.fillLease(resp, lease.IP, lease.Hostname)
 	return resp, false
+}
+
+// pendingAck is an ACK decided in memory whose lease is not yet known to be
+// written.
+type pendingAck struct {
+	client     client
+	allocation allocation
+	lease      Lease
+	ticket     uint64
+}
+
+// ackFailed takes back an ACK whose lease could not be written: without a
+// durable lease there is no ACK; the client retries.
+func (db *LeaseDB) ackFailed(ack pendingAck) {
+	db.locked(func(now time.Time) { db.alloc.revert(ack.allocation, now) })
+	// The fault is logged once per episode by storageFaulted.
+	db.observer.Dropped(DropCommitFailed)
+}
+
+// ackDurable reports an ACK whose lease is written.
+func (db *LeaseDB) ackDurable(ack pendingAck) {
+	if before := ack.allocation.before; before == nil || before.State != StateBound {
+		db.tell(ack.client, EventAssigned, ack.lease.IP) // a new address, not a renewal
+	}
 }
 
 // tell notifies a lease event of a client the Resolver knows.
@@ -613,7 +650,7 @@ func (db *LeaseDB) tell(c client, reason string, ip netip.Addr) {
 	}
 }
 
-func (db *LeaseDB) release(req *dhcpv4.DHCPv4) {
+func (db *LeaseDB) release(req *dhcpv4.DHCPv4, settle bool) {
 	if db.forOtherServer(req) {
 		return
 	}
@@ -623,12 +660,23 @@ func (db *LeaseDB) release(req *dhcpv4.DHCPv4) {
 	}
 	ciaddr, _ := addrOf(req.ClientIPAddr)
 	var known bool
-	ticket := db.locked(func(now time.Time) { known = db.alloc.release(c, ciaddr, now) })
+	ticket := db.lockedTicket(func(now time.Time) { known = db.alloc.release(c, ciaddr, now) })
 	if !known {
 		db.observer.Dropped(DropUnknownRelease)
-		return
 	}
-	db.settle(ticket)
+	db.settleOrFlush(ticket, settle)
+}
+
+// settleOrFlush settles ticket, or leaves its changes to the background
+// writer when the caller must not wait.
+func (db *LeaseDB) settleOrFlush(ticket uint64, settle bool) {
+	switch {
+	case ticket == 0:
+	case settle:
+		db.settle(ticket)
+	default:
+		db.committer.flush()
+	}
 }
 
 // settle waits until the changes up to ticket are written, when no reply
@@ -640,7 +688,7 @@ func (db *LeaseDB) settle(ticket uint64) {
 	_ = db.committer.wait(ctx, ticket)
 }
 
-func (db *LeaseDB) decline(req *dhcpv4.DHCPv4) {
+func (db *LeaseDB) decline(req *dhcpv4.DHCPv4, settle bool) {
 	if db.forOtherServer(req) {
 		return
 	}
@@ -650,13 +698,13 @@ func (db *LeaseDB) decline(req *dhcpv4.DHCPv4) {
 	}
 	declined, _ := addrOf(req.RequestedIPAddress())
 	var known bool
-	ticket := db.locked(func(now time.Time) { known = db.alloc.decline(c, declined, now) })
+	ticket := db.lockedTicket(func(now time.Time) { known = db.alloc.decline(c, declined, now) })
 	if !known {
 		db.observer.Dropped(DropUnknownDecline)
-		return
+	} else {
+		db.log.Warn("address declined by client, quarantined", "ip", declined, "client", c.id)
 	}
-	db.log.Warn("address declined by client, quarantined", "ip", declined, "client", c.id)
-	db.settle(ticket)
+	db.settleOrFlush(ticket, settle)
 }
 
 // forOtherServer reports (and counts) a RELEASE or DECLINE whose option 54
@@ -726,7 +774,7 @@ func (db *LeaseDB) Stats() Stats {
 // walks the clients, which is fine for an event as rare as a VM deletion.
 func (db *LeaseDB) ReleaseKeys(prefix string) int {
 	n := 0
-	ticket := db.locked(func(now time.Time) {
+	ticket := db.lockedTicket(func(now time.Time) {
 		for key, e := range db.alloc.byClient {
 			if strings.HasPrefix(key, prefix) && e.State == StateBound {
 				db.alloc.set(e, StateFree, now)

@@ -416,7 +416,7 @@ func runModel(t *testing.T, ops []byte) {
 		promise: map[int]promise{}, offer: map[int]netip.Addr{}, quarant: map[netip.Addr]time.Time{}, held: map[int]bool{},
 	}
 	m.dropped = &lastDrop{}
-	m.h = &harness{t: t, clock: clock, opts: Options{Server: serverPrefix, LeaseTime: time.Hour, Now: clock.Now, CommitWindow: -1, Observer: m.dropped}}
+	m.h = &harness{t: t, clock: clock, opts: Options{Server: serverPrefix, LeaseTime: time.Hour, Now: clock.Now, Observer: m.dropped}}
 	m.open()
 	for m.step < len(m.ops) {
 		m.doStep()

@@ -37,7 +37,7 @@ func TestACKedLeasesSurviveARestartUnderConcurrentMoves(t *testing.T) {
 	inner, err := OpenSQLite(path)
 	require.NoError(t, err)
 	store := slowStore{inner}
-	opts := Options{Server: serverPrefix, Pools: []Range{pool("192.168.50.100", "192.168.50.111")}, Store: store, CommitWindow: -1}
+	opts := Options{Server: serverPrefix, Pools: []Range{pool("192.168.50.100", "192.168.50.111")}, Store: store}
 	db, err := New(context.Background(), opts)
 	require.NoError(t, err)
 	handle := func(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {

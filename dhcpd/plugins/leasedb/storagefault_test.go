@@ -171,7 +171,7 @@ func TestWALStaysBoundedUnderSustainedWrites(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases.db")
 	store, err := OpenSQLite(path)
 	require.NoError(t, err)
-	c := newCommitter(store, 0, func(int, time.Duration, error) {}, nil)
+	c := newCommitter(store, func(int, time.Duration, error) {}, nil)
 	defer func() { c.close(); store.Close() }()
 	stop := make(chan struct{})
 	defer close(stop)
