@@ -6,18 +6,16 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
+	"net/netip"
 	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/coredhcp/coredhcp/handler"
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"golang.org/x/net/ipv4"
 )
 
 const (
@@ -80,7 +78,8 @@ func New(conn net.PacketConn, chain []handler.Handler4, durable Deferrer, metric
 type reply struct {
 	req     *dhcpv4.DHCPv4
 	msgType dhcpv4.MessageType
-	msg     ipv4.Message
+	data    []byte
+	to      netip.AddrPort
 }
 
 // Check reports whether the receive loop is turning: a plugin stuck for
@@ -92,41 +91,40 @@ func (s *Server) Check(now time.Time, timeout time.Duration) error {
 	return nil
 }
 
-// Serve reads and answers packets until the connection fails or ctx ends.
-// It takes up to readBatch packets per system call (recvmmsg) and sends
-// the replies to them with as few (sendmmsg).
+// Serve reads and answers packets until the socket fails or ctx ends. It
+// takes conn over (see takeOver), reads up to readBatch packets per system
+// call (recvmmsg) and sends the replies to them with as few (sendmmsg).
 func (s *Server) Serve(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { _ = s.conn.SetReadDeadline(time.Now()) })
+	sock, err := takeOver(s.conn, heartbeat)
+	if err != nil {
+		return err
+	}
+	defer sock.close()
+	stop := context.AfterFunc(ctx, sock.shutdown)
 	defer stop()
-	conn := ipv4.NewPacketConn(s.conn)
-	msgs := make([]ipv4.Message, readBatch)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, maxPacket)}
+	bufs := make([][]byte, readBatch)
+	for i := range bufs {
+		bufs[i] = make([]byte, maxPacket)
 	}
 	var (
+		sizes      = make([]int, readBatch)
 		now, later []reply
 		reqs       []*dhcpv4.DHCPv4
 		sendable   []bool
 	)
 	for ctx.Err() == nil {
-		if err := s.conn.SetReadDeadline(time.Now().Add(heartbeat)); err != nil {
-			return fmt.Errorf("set read deadline: %w", err)
-		}
-		n, err := conn.ReadBatch(msgs, 0)
+		n, err := sock.receive(bufs, sizes)
 		received := time.Now()
 		s.receiverBeat.Store(received.UnixNano())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
-			}
 			return fmt.Errorf("read DHCP packets: %w", err)
 		}
 		now, later, reqs = now[:0], later[:0], reqs[:0]
 		for i := range n {
-			req := s.parse(msgs[i].Buffers[0][:msgs[i].N])
+			req := s.parse(bufs[i][:sizes[i]])
 			if req == nil {
 				continue
 			}
@@ -134,7 +132,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			if resp == nil {
 				continue
 			}
-			r := reply{req: req, msgType: resp.MessageType(), msg: ipv4.Message{Buffers: [][]byte{resp.ToBytes()}, Addr: dest}}
+			r := reply{req: req, msgType: resp.MessageType(), data: resp.ToBytes(), to: dest}
 			if s.durable != nil && r.msgType == dhcpv4.MessageTypeAck && req.MessageType() == dhcpv4.MessageTypeRequest {
 				later = append(later, r)
 				reqs = append(reqs, req)
@@ -143,7 +141,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 		}
 		// The OFFERs and NAKs go out before the commit, not after it.
-		s.sendBatch(conn, now, received)
+		s.sendBatch(sock, now, received)
 		if len(later) == 0 {
 			continue
 		}
@@ -158,20 +156,23 @@ func (s *Server) Serve(ctx context.Context) error {
 				acks = append(acks, r)
 			}
 		}
-		s.sendBatch(conn, acks, received)
+		s.sendBatch(sock, acks, received)
 	}
 	return nil
 }
 
 // sendBatch sends replies with as few system calls as the kernel allows.
-func (s *Server) sendBatch(conn *ipv4.PacketConn, replies []reply, received time.Time) {
-	var msgs [readBatch]ipv4.Message
+func (s *Server) sendBatch(sock *socket, replies []reply, received time.Time) {
+	var (
+		packets [readBatch][]byte
+		to      [readBatch]netip.AddrPort
+	)
 	for len(replies) > 0 {
 		chunk := replies[:min(len(replies), readBatch)]
 		for i, r := range chunk {
-			msgs[i] = r.msg
+			packets[i], to[i] = r.data, r.to
 		}
-		n, err := conn.WriteBatch(msgs[:len(chunk)], 0)
+		n, err := sock.send(packets[:len(chunk)], to[:len(chunk)])
 		for _, r := range chunk[:n] {
 			s.metrics.sent.WithLabelValues(r.msgType.String()).Inc()
 			s.metrics.handleDuration.Observe(time.Since(received).Seconds())
@@ -181,7 +182,7 @@ func (s *Server) sendBatch(conn *ipv4.PacketConn, replies []reply, received time
 			// The first unsent reply is the one that failed: count it and
 			// go on with the rest.
 			s.metrics.Dropped(DropSendFailed)
-			s.log.Warn("send reply", "to", replies[0].msg.Addr, "error", err)
+			s.log.Warn("send reply", "to", replies[0].to, "error", err)
 			replies = replies[1:]
 		}
 	}
@@ -190,10 +191,10 @@ func (s *Server) sendBatch(conn *ipv4.PacketConn, replies []reply, received time
 // Handle parses one packet, runs the chain and returns the reply with its
 // destination, or nil when nothing is to be sent. Malformed input is counted
 // and dropped; a panicking plugin loses that packet, never the server.
-func (s *Server) Handle(data []byte) (reply *dhcpv4.DHCPv4, dest *net.UDPAddr) {
+func (s *Server) Handle(data []byte) (reply *dhcpv4.DHCPv4, dest netip.AddrPort) {
 	req := s.parse(data)
 	if req == nil {
-		return nil, nil
+		return nil, netip.AddrPort{}
 	}
 	return s.handle(req)
 }
@@ -220,19 +221,19 @@ func (s *Server) parse(data []byte) *dhcpv4.DHCPv4 {
 }
 
 // handle runs the chain on a parsed request.
-func (s *Server) handle(req *dhcpv4.DHCPv4) (reply *dhcpv4.DHCPv4, dest *net.UDPAddr) {
+func (s *Server) handle(req *dhcpv4.DHCPv4) (reply *dhcpv4.DHCPv4, dest netip.AddrPort) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.metrics.Dropped(DropHandlerPanic)
 			s.log.Error("plugin panicked; packet dropped", "panic", r)
-			reply, dest = nil, nil
+			reply, dest = nil, netip.AddrPort{}
 		}
 	}()
 	msgType := req.MessageType()
 	resp, err := dhcpv4.NewReplyFromRequest(req)
 	if err != nil {
 		s.metrics.Dropped(DropMalformed)
-		return nil, nil
+		return nil, netip.AddrPort{}
 	}
 	switch msgType {
 	case dhcpv4.MessageTypeDiscover:
@@ -243,7 +244,7 @@ func (s *Server) handle(req *dhcpv4.DHCPv4) (reply *dhcpv4.DHCPv4, dest *net.UDP
 		// No reply is ever sent; the chain records the event.
 	default:
 		s.metrics.Dropped(DropUnhandledType)
-		return nil, nil
+		return nil, netip.AddrPort{}
 	}
 	if s.log.Enabled(context.Background(), slog.LevelDebug) { // spare the formatting on the hot path
 		s.log.Debug("packet", "type", msgType, "mac", req.ClientHWAddr.String(), "xid", req.TransactionID)
@@ -256,7 +257,7 @@ func (s *Server) handle(req *dhcpv4.DHCPv4) (reply *dhcpv4.DHCPv4, dest *net.UDP
 		}
 	}
 	if resp == nil || msgType == dhcpv4.MessageTypeRelease || msgType == dhcpv4.MessageTypeDecline {
-		return nil, nil
+		return nil, netip.AddrPort{}
 	}
 	return resp, replyDestination(req, resp)
 }
@@ -264,15 +265,21 @@ func (s *Server) handle(req *dhcpv4.DHCPv4) (reply *dhcpv4.DHCPv4, dest *net.UDP
 // replyDestination follows RFC 2131 section 4.1. Where the RFC asks for a
 // unicast to an address the client does not have yet, we broadcast instead
 // (which the RFC allows), so the server needs no raw socket (CAP_NET_RAW).
-func replyDestination(req, resp *dhcpv4.DHCPv4) *net.UDPAddr {
+func replyDestination(req, resp *dhcpv4.DHCPv4) netip.AddrPort {
 	switch {
 	case !req.GatewayIPAddr.IsUnspecified():
-		return &net.UDPAddr{IP: req.GatewayIPAddr, Port: dhcpv4.ServerPort}
+		return netip.AddrPortFrom(addrOf(req.GatewayIPAddr), dhcpv4.ServerPort)
 	case resp.MessageType() == dhcpv4.MessageTypeNak:
-		return &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ClientPort}
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), dhcpv4.ClientPort)
 	case !req.ClientIPAddr.IsUnspecified():
-		return &net.UDPAddr{IP: req.ClientIPAddr, Port: dhcpv4.ClientPort}
+		return netip.AddrPortFrom(addrOf(req.ClientIPAddr), dhcpv4.ClientPort)
 	default:
-		return &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ClientPort}
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), dhcpv4.ClientPort)
 	}
+}
+
+// addrOf is ip as an IPv4 address; the zero Addr when it is not one.
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip.To4())
+	return a
 }

@@ -3,6 +3,7 @@ package leasedb
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net"
@@ -36,8 +37,7 @@ type SQLiteStore struct {
 	db   *sql.DB
 	// checkpoints has a connection of its own, so a checkpoint never makes
 	// a commit wait for the writer's connection; nil in memory.
-	checkpoints    *sql.DB
-	upsert, remove *sql.Stmt // prepared once: preparing per transaction costs CPU on the hot path
+	checkpoints *sql.DB
 }
 
 const schema = `
@@ -88,9 +88,9 @@ func openSQLite(driver, path string) (*SQLiteStore, error) {
 	// synchronous=FULL: a committed transaction survives power loss, which is
 	// what "durable before the ACK" means. WAL keeps that to one fsync per
 	// transaction, and group commit makes it one per batch of leases.
-	dsn := "file:" + uriPath.Replace(path) + "?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate"
+	dsn := "file:" + uriPath.Replace(path) + "?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate&_stmt_cache_size=8"
 	if path == ":memory:" {
-		dsn = "file::memory:?_txlock=immediate"
+		dsn = "file::memory:?_txlock=immediate&_stmt_cache_size=8"
 	}
 	db, err := sql.Open(driver, dsn)
 	if err != nil {
@@ -122,16 +122,6 @@ func openSQLite(driver, path string) (*SQLiteStore, error) {
 			return nil, fmt.Errorf("open lease database %s: %w", path, err)
 		}
 		s.checkpoints.SetMaxOpenConns(1)
-	}
-	var err1, err2 error
-	s.upsert, err1 = db.Prepare(`INSERT INTO leases (ip, client_id, mac, hostname, state, expires, updated)
-		VALUES (?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (ip) DO UPDATE SET client_id = excluded.client_id, mac = excluded.mac,
-			hostname = excluded.hostname, state = excluded.state, expires = excluded.expires, updated = excluded.updated`)
-	s.remove, err2 = db.Prepare(`DELETE FROM leases WHERE ip = ?`)
-	if err := errors.Join(err1, err2); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("prepare lease statements in %s: %w", path, err)
 	}
 	return s, nil
 }
@@ -269,31 +259,59 @@ func (s *SQLiteStore) Load(ctx context.Context) ([]Lease, error) {
 	return leases, nil
 }
 
-// Apply implements Store.
-func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+// Lease row statements; the connection keeps them prepared
+// (_stmt_cache_size in the DSN).
+const (
+	upsertLease = `INSERT INTO leases (ip, client_id, mac, hostname, state, expires, updated)
+		VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (ip) DO UPDATE SET client_id = excluded.client_id, mac = excluded.mac,
+			hostname = excluded.hostname, state = excluded.state, expires = excluded.expires, updated = excluded.updated`
+	deleteLease = `DELETE FROM leases WHERE ip = ?`
+)
+
+// Apply implements Store. It drives the SQLite connection itself rather
+// than through a database/sql Tx, which starts a goroutine per transaction
+// to watch its context: waking and ending that goroutine cost more CPU on
+// a small VM than the transaction's statements (issue 15).
+func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) error {
+	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("begin lease transaction in %s: %w", s.path, err)
 	}
-	committing := false
+	defer conn.Close()
+	return conn.Raw(func(driverConn any) error {
+		c, ok := driverConn.(*sqlite3.SQLiteConn)
+		if !ok {
+			return fmt.Errorf("lease database %s: unexpected driver connection %T", s.path, driverConn)
+		}
+		return s.apply(c, changes)
+	})
+}
+
+// apply writes changes in one transaction on c. The context given to the
+// driver has no Done channel, which keeps each statement to one cgo call
+// (with one, the driver runs every statement on a goroutine of its own).
+func (s *SQLiteStore) apply(c *sqlite3.SQLiteConn, changes []Change) (err error) {
+	ctx := context.Background()
+	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE", nil); err != nil {
+		return fmt.Errorf("begin lease transaction in %s: %w", s.path, err)
+	}
 	defer func() {
-		// A failed Commit has ended the transaction already, and SQLite ends
-		// it by itself on some errors (a full disk): rolling back again would
-		// only bury the cause under "transaction has already been committed
-		// or rolled back" or "no transaction is active".
-		if err != nil && !committing {
-			if rollbackErr := tx.Rollback(); rollbackErr != nil && !errors.Is(rollbackErr, sql.ErrTxDone) &&
-				!strings.Contains(rollbackErr.Error(), "no transaction is active") {
-				err = errors.Join(err, rollbackErr)
+		// SQLite ends a transaction by itself on some errors (a full disk),
+		// and a failed COMMIT may have ended it too: roll back only one
+		// still open, so the cause is not buried under "no transaction is
+		// active".
+		if err != nil && !c.AutoCommit() {
+			if _, rollbackErr := c.ExecContext(ctx, "ROLLBACK", nil); rollbackErr != nil {
+				err = errors.Join(err, fmt.Errorf("roll back: %w", rollbackErr))
 			}
 		}
 	}()
-	upsert, remove := tx.StmtContext(ctx, s.upsert), tx.StmtContext(ctx, s.remove)
 	now := time.Now().Unix()
-	for _, c := range changes {
-		l := c.Lease
-		if c.Delete {
-			if _, err := remove.ExecContext(ctx, l.IP.String()); err != nil {
+	for _, ch := range changes {
+		l := ch.Lease
+		if ch.Delete {
+			if _, err := c.ExecContext(ctx, deleteLease, []driver.NamedValue{{Ordinal: 1, Value: l.IP.String()}}); err != nil {
 				return fmt.Errorf("delete lease %s in %s: %w", l.IP, s.path, err)
 			}
 			continue
@@ -302,12 +320,15 @@ func (s *SQLiteStore) Apply(ctx context.Context, changes []Change) (err error) {
 		if l.MAC != nil {
 			mac = l.MAC.String()
 		}
-		if _, err := upsert.ExecContext(ctx, l.IP.String(), l.ClientID, mac, l.Hostname, l.State.String(), l.Expires.Unix(), now); err != nil {
+		if _, err := c.ExecContext(ctx, upsertLease, []driver.NamedValue{
+			{Ordinal: 1, Value: l.IP.String()}, {Ordinal: 2, Value: l.ClientID}, {Ordinal: 3, Value: mac},
+			{Ordinal: 4, Value: l.Hostname}, {Ordinal: 5, Value: l.State.String()}, {Ordinal: 6, Value: l.Expires.Unix()},
+			{Ordinal: 7, Value: now},
+		}); err != nil {
 			return fmt.Errorf("write lease %s to %s: %w", l.IP, s.path, err)
 		}
 	}
-	committing = true
-	if err := tx.Commit(); err != nil {
+	if _, err := c.ExecContext(ctx, "COMMIT", nil); err != nil {
 		return fmt.Errorf("commit leases to %s: %w", s.path, err)
 	}
 	return nil
