@@ -134,6 +134,18 @@ func TestCRDRefusesInvalidServers(t *testing.T) {
 			message: "leaseTime must be a duration between 1m and 8760h",
 		},
 		{
+			name: "probe timeout too long",
+			mutate: func(s *hyperdhcpv1beta1.ServerSpec) {
+				s.ConflictDetection = &hyperdhcpv1beta1.ConflictDetectionSpec{Timeout: &metav1.Duration{Duration: 5 * time.Second}}
+			},
+			message: "timeout must be a duration between 10ms and 2s",
+		},
+		{
+			name:    "probe timeout not a duration",
+			raw:     func(spec map[string]any) { spec["conflictDetection"] = map[string]any{"timeout": "fast"} },
+			message: "timeout must be a duration between 10ms and 2s",
+		},
+		{
 			name: "too many DNS servers",
 			mutate: func(s *hyperdhcpv1beta1.ServerSpec) {
 				for range 9 {

@@ -15,6 +15,11 @@ const (
 	DefaultInterface   = "net1"
 	DefaultStorageSize = "64Mi"
 	DefaultOptionType  = DHCPOptionText
+	// DefaultProbeTimeout is long enough for an ARP reply from a loaded
+	// guest on the same segment (well under a millisecond when idle) and
+	// short next to a DHCP client's first retransmission (4 s, RFC 2131
+	// 4.1).
+	DefaultProbeTimeout = 200 * time.Millisecond
 )
 
 // SetDefaults fills every unset optional field of spec with its default.
@@ -41,6 +46,15 @@ func SetDefaults(spec *ServerSpec) {
 	}
 	if spec.KubeVirt.OnlyKnownVMs == nil {
 		spec.KubeVirt.OnlyKnownVMs = new(true)
+	}
+	if spec.ConflictDetection == nil {
+		spec.ConflictDetection = &ConflictDetectionSpec{}
+	}
+	if spec.ConflictDetection.Enabled == nil {
+		spec.ConflictDetection.Enabled = new(true)
+	}
+	if spec.ConflictDetection.Timeout == nil {
+		spec.ConflictDetection.Timeout = &metav1.Duration{Duration: DefaultProbeTimeout}
 	}
 	if spec.Storage == nil {
 		spec.Storage = &StorageSpec{}

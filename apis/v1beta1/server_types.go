@@ -199,6 +199,14 @@ type ServerSpec struct {
 	// +kubebuilder:default={}
 	Storage *StorageSpec `json:"storage,omitempty"`
 
+	// conflictDetection probes an address on the served network before it
+	// is offered (RFC 2131 section 2.2), so an address that a hand-configured
+	// guest, a VM restored from a snapshot or an appliance already uses is
+	// never handed out. On by default.
+	// +optional
+	// +kubebuilder:default={}
+	ConflictDetection *ConflictDetectionSpec `json:"conflictDetection,omitempty"`
+
 	// image overrides the hyperdhcpd container image the operator deploys.
 	// +optional
 	// +kubebuilder:validation:MaxLength=512
@@ -387,6 +395,30 @@ type KubeVirtSpec struct {
 	// +optional
 	// +kubebuilder:default=true
 	OnlyKnownVMs *bool `json:"onlyKnownVMs,omitempty"`
+}
+
+// ConflictDetectionSpec configures the probe hyperdhcpd sends before it
+// offers an address that is not the client's own: an ARP request on the
+// served network (the same L2 segment, so a guest whose firewall drops ICMP
+// is still found). An address something answers for is quarantined like a
+// declined one and the next free address is probed.
+type ConflictDetectionSpec struct {
+	// enabled turns probing on. Probing needs the NET_RAW capability (an
+	// ARP packet socket), which the operator gives the pod only while this
+	// is true. Defaults to true.
+	// +optional
+	// +kubebuilder:default=true
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// timeout is how long an OFFER waits for an answer to its probe: an
+	// address nothing claims within it is offered. Between 10ms and 2s;
+	// defaults to 200ms.
+	// +optional
+	// +kubebuilder:default="200ms"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) >= duration('10ms') && duration(self) <= duration('2s')",message="timeout must be a duration between 10ms and 2s, such as 200ms"
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
 }
 
 // StorageSpec configures the volume that holds the lease database.

@@ -19,6 +19,8 @@ import (
 const (
 	MinLeaseTime    = time.Minute
 	MaxLeaseTime    = 8760 * time.Hour
+	MinProbeTimeout = 10 * time.Millisecond
+	MaxProbeTimeout = 2 * time.Second
 	minPrefixLength = 8
 	maxPrefixLength = 30
 	maxBootFileLen  = 127
@@ -69,6 +71,12 @@ func ValidateSpec(spec *ServerSpec, fldPath *field.Path) field.ErrorList {
 	errs = append(errs, v.pools(spec.Pools, fldPath.Child("pools"))...)
 	for i, a := range spec.Exclude {
 		errs = append(errs, v.onLinkAddress(a, fldPath.Child("exclude").Index(i))...)
+	}
+	if c := spec.ConflictDetection; c != nil && c.Timeout != nil {
+		if d := c.Timeout.Duration; d < MinProbeTimeout || d > MaxProbeTimeout {
+			errs = append(errs, field.Invalid(fldPath.Child("conflictDetection", "timeout"), c.Timeout.String(),
+				fmt.Sprintf("must be between %s and %s", MinProbeTimeout, MaxProbeTimeout)))
+		}
 	}
 	if spec.LeaseTime != nil {
 		if d := spec.LeaseTime.Duration; d < MinLeaseTime || d > MaxLeaseTime {

@@ -14,14 +14,15 @@
 # this script creates and removes; nothing is installed as a service (Kea is
 # unpacked from its Debian package into a cache, never started by dpkg).
 #
-# Knobs (environment): SERVERS, RATES (ascending), DURATION (seconds per
+# Knobs (environment): SERVERS (of hyperdhcpd, hyperdhcpd-noprobe, kea,
+# dnsmasq, coredhcp), RATES (ascending), DURATION (seconds per
 # step), CLIENTS (random MACs), RESULTS (folder), GO_BENCHMARKS (0 to skip),
 # RESTART_LEASES (0 to skip the restart measurement), PROFILE (1: a CPU
 # profile of hyperdhcpd's sweep in the results folder).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-SERVERS=${SERVERS:-"hyperdhcpd kea dnsmasq coredhcp"}
+SERVERS=${SERVERS:-"hyperdhcpd hyperdhcpd-noprobe kea dnsmasq coredhcp"}
 RATES=${RATES:-"100 150 200 250 300 500 1000 2000 3000 4000 5000 6000 7000"}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-20000}
@@ -83,10 +84,10 @@ coredhcp_binary() {
 need=(kea-admin)
 for s in $SERVERS; do
 	case $s in
-	hyperdhcpd | coredhcp) ;;
+	hyperdhcpd | hyperdhcpd-noprobe | coredhcp) ;;
 	kea) need+=(kea-common jq) ;;
 	dnsmasq) need+=(dnsmasq-base) ;;
-	*) log "unknown server $s (known: hyperdhcpd kea dnsmasq coredhcp)"; exit 1 ;;
+	*) log "unknown server $s (known: hyperdhcpd hyperdhcpd-noprobe kea dnsmasq coredhcp)"; exit 1 ;;
 	esac
 done
 need+=(gnuplot-nox)
@@ -115,9 +116,11 @@ trap cleanup EXIT
 declare -A binary
 for s in $SERVERS; do
 	case $s in
-	hyperdhcpd)
-		log "building hyperdhcpd"
-		(cd "$repo/dhcpd" && go build -o "$work/bin/hyperdhcpd" ./cmd/hyperdhcpd)
+	hyperdhcpd | hyperdhcpd-noprobe)
+		if [[ ! -x $work/bin/hyperdhcpd ]]; then
+			log "building hyperdhcpd"
+			(cd "$repo/dhcpd" && go build -o "$work/bin/hyperdhcpd" ./cmd/hyperdhcpd)
+		fi
 		binary[$s]=$work/bin/hyperdhcpd
 		;;
 	kea) binary[$s]=$(kea_binary) ;;
@@ -153,7 +156,11 @@ start_server() {
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	case $name in
-	hyperdhcpd)
+	hyperdhcpd | hyperdhcpd-noprobe)
+		# hyperdhcpd probes every address it offers a new client (ARP,
+		# conflict detection, its default); hyperdhcpd-noprobe does not.
+		local probing=true
+		[[ $name != hyperdhcpd-noprobe ]] || probing=false
 		cat >"$dir/hyperdhcpd.yaml" <<-CONFIG
 			server:
 			  networkAttachment: {name: bench, interface: srv0}
@@ -162,13 +169,14 @@ start_server() {
 			  router: 10.77.0.1
 			  dns: [10.77.0.53]
 			  leaseTime: 1h
+			  conflictDetection: {enabled: $probing}
 			leaseDatabase: $dir/leases.db
 			metricsAddress: "0"
 			logLevel: warn
 		CONFIG
 		# PROFILE=1: a Go CPU profile of the sweep, for `go tool pprof`.
 		local profile=()
-		[[ ${PROFILE:-0} != 1 ]] || profile=(--cpu-profile "$RESULTS/hyperdhcpd.cpu.pprof")
+		[[ ${PROFILE:-0} != 1 ]] || profile=(--cpu-profile "$RESULTS/$name.cpu.pprof")
 		ip netns exec "$server_ns" "${binary[$name]}" serve --config "$dir/hyperdhcpd.yaml" "${profile[@]}" 2>"$dir/server.log" &
 		;;
 	kea)

@@ -481,8 +481,11 @@ exec setpriv --reuid "$RUN_AS_USER" --regid "$RUN_AS_GROUP" --groups "$FS_GROUP"
 		return err
 	}
 	d.detail("hyperdhcpd %s, serving on %s %s", strings.Join(p.container.Args, " "), p.network.Interface, p.network.IPs[0])
-	d.detail("as uid %s with effective capabilities %s, read-only root; port 67 through the pod's sysctls %s",
-		uid, caps, sysctls(p.deployment.Spec.Template.Spec.SecurityContext.Sysctls))
+	how := fmt.Sprintf("as uid %s with effective capabilities %s, read-only root", uid, caps)
+	if list := p.deployment.Spec.Template.Spec.SecurityContext.Sysctls; len(list) > 0 {
+		how += "; port 67 through the pod's sysctls " + sysctls(list)
+	}
+	d.detail("%s", how)
 
 	// The pod is ready: report it as the deployment controller would.
 	deploy := p.deployment

@@ -86,8 +86,8 @@ func processCredentials(pid int) (uid, capabilities string, err error) {
 			uid = fields[0]
 		case key == "CapEff" && len(fields) > 0:
 			capabilities = fields[0]
-			if mask, err := strconv.ParseUint(capabilities, 16, 64); err == nil && mask == 0 {
-				capabilities = "none"
+			if mask, err := strconv.ParseUint(capabilities, 16, 64); err == nil {
+				capabilities = capabilityNames(mask)
 			}
 		}
 	}
@@ -95,6 +95,27 @@ func processCredentials(pid int) (uid, capabilities string, err error) {
 		return "", "", fmt.Errorf("/proc/%d/status has no Uid or CapEff", pid)
 	}
 	return uid, capabilities, nil
+}
+
+// capabilityNames names the capabilities a demo pod may have; others by
+// number. "none" for an empty set.
+func capabilityNames(mask uint64) string {
+	known := map[int]string{10: "net_bind_service", 13: "net_raw"}
+	var names []string
+	for bit := range 64 {
+		if mask&(1<<bit) == 0 {
+			continue
+		}
+		if name, ok := known[bit]; ok {
+			names = append(names, name)
+		} else {
+			names = append(names, "cap_"+strconv.Itoa(bit))
+		}
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ",")
 }
 
 func sysctls(list []corev1.Sysctl) string {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/probe"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/ratelimit"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/server"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/status"
@@ -154,10 +155,25 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		})
 	}
 
-	deferred := db.Deferred()
+	probing := *cfg.Server.ConflictDetection.Enabled
+	deferred := db.Deferred(probing)
 	chain, err := server.BuildChain(&cfg.Server, deferred.Handler4)
 	if err != nil {
 		return err
+	}
+	srvOpts := server.Options{Durable: deferred}
+	if probing {
+		// Before the DHCP port is bound: without CAP_NET_RAW this fails here.
+		prober, err := probe.Open(cfg.Interface, cfg.Server.ConflictDetection.Timeout.Duration)
+		if err != nil {
+			return err
+		}
+		go prober.Run(ctx)
+		deferred.OnReleased(prober.RememberFree)
+		srvOpts.Prober = prober
+		if k := cfg.Kubernetes; k != nil {
+			srvOpts.OnConflict = conflictEvents(ctx, k, cfg.DeclineProbation.Duration, log)
+		}
 	}
 	conn, err := server4.NewIPv4UDPConn(cfg.Interface, &net.UDPAddr{Port: cfg.Port})
 	if err != nil {
@@ -165,7 +181,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer conn.Close()
 
-	srv := server.New(conn, chain, deferred, metrics, log)
+	srv := server.New(conn, chain, srvOpts, metrics, log)
 	srvRef.Store(srv)
 
 	go func() {
@@ -261,6 +277,21 @@ func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func()
 	}
 	reporter.WatchStorage(storage, storageChanged)
 	go reporter.Run(ctx)
+}
+
+// conflictEvents returns what records an Event on the Server for each
+// address found in use; nil (logs only) when the API cannot be reached.
+func conflictEvents(ctx context.Context, k *config.Kubernetes, probation time.Duration, log *slog.Logger) func(netip.Addr, net.HardwareAddr) {
+	restConfig, err := status.RESTConfig(k.Kubeconfig)
+	if err == nil {
+		var events *status.ServerEvents
+		if events, err = status.NewServerEvents(ctx, restConfig, k.ServerNamespace, k.ServerName); err == nil {
+			context.AfterFunc(ctx, events.Close)
+			return func(ip netip.Addr, mac net.HardwareAddr) { events.AddressInUse(ip, mac, probation) }
+		}
+	}
+	log.Error("not recording address conflicts as Events on the Server", "error", err)
+	return nil
 }
 
 // listenOnAddressDevice listens on addr. When addr names one address (the

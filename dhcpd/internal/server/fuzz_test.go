@@ -66,7 +66,7 @@ func fuzzTarget(t testing.TB) (*Server, *leasedb.LeaseDB) {
 		if err != nil {
 			panic(err)
 		}
-		fuzzServer = New(nil, chain, nil, metrics, slog.New(slog.DiscardHandler))
+		fuzzServer = New(nil, chain, Options{}, metrics, slog.New(slog.DiscardHandler))
 	})
 	return fuzzServer, fuzzDB
 }

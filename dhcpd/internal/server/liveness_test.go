@@ -26,7 +26,7 @@ func discoverBytes(t *testing.T, i int) []byte {
 func serveOnLoopback(t *testing.T, chain []handler.Handler4) (*Server, net.Conn) {
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := New(conn, chain, nil, NewMetrics(func() leasedb.Stats { return leasedb.Stats{} }), slog.New(slog.DiscardHandler))
+	srv := New(conn, chain, Options{}, NewMetrics(func() leasedb.Stats { return leasedb.Stats{} }), slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -73,7 +73,7 @@ func TestPanickingPluginLosesOnlyItsPacket(t *testing.T) {
 		}
 		return resp, true
 	}
-	srv := New(nil, []handler.Handler4{flaky}, nil, NewMetrics(func() leasedb.Stats { return leasedb.Stats{} }), slog.New(slog.DiscardHandler))
+	srv := New(nil, []handler.Handler4{flaky}, Options{}, NewMetrics(func() leasedb.Stats { return leasedb.Stats{} }), slog.New(slog.DiscardHandler))
 	reply, _ := srv.Handle(discoverBytes(t, 1))
 	assert.Nil(t, reply)
 	reply, _ = srv.Handle(discoverBytes(t, 2))

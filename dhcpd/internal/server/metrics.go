@@ -18,6 +18,8 @@ const (
 	DropQueueFull     = "queue_full"
 	DropHandlerPanic  = "handler_panic"
 	DropSendFailed    = "send_failed"
+	// DropAddressesInUse: every address probed for a DISCOVER was in use.
+	DropAddressesInUse = "probed_addresses_in_use"
 )
 
 // Metrics are hyperdhcpd's Prometheus metrics, in their own registry.
@@ -34,6 +36,8 @@ type Metrics struct {
 	commitErrors   prometheus.Counter
 	storageUp      prometheus.Gauge
 	storageFaults  prometheus.Counter
+	conflicts      prometheus.Counter
+	probes         *prometheus.CounterVec
 }
 
 // NewMetrics registers every metric; pool reports the pool usage on scrape.
@@ -80,10 +84,18 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 		storageFaults: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hyperdhcpd_lease_storage_faults_total", Help: "Episodes of failing lease writes (disk full, read-only, I/O errors).",
 		}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hyperdhcpd_address_conflicts_total",
+			Help: "Addresses found in use on the network by a probe before an OFFER, and quarantined.",
+		}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hyperdhcpd_probes_total", Help: "Probes of an address before an OFFER, by result (free, in_use, error).",
+		}, []string{"result"}),
 	}
 	m.storageUp.Set(1)
 	poolDesc := prometheus.NewDesc("hyperdhcpd_pool_addresses", "Addresses of all pools, by state.", []string{"state"}, nil)
 	m.Registry.MustRegister(m.received, m.sent, m.dropped, m.refused, m.pinsRefused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors, m.storageUp, m.storageFaults,
+		m.conflicts, m.probes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		poolCollector{desc: poolDesc, stats: pool})
 	return m

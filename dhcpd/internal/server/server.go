@@ -11,11 +11,14 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coredhcp/coredhcp/handler"
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/probe"
 )
 
 const (
@@ -29,14 +32,41 @@ const (
 )
 
 // Deferrer is the allocating plugin's side that lets the server answer
-// REQUESTs without waiting for each lease to be written, and send their
-// replies after one durable write for many (leasedb.Deferred).
+// without waiting (leasedb.Deferred): REQUESTs without waiting for each
+// lease to be written, their replies sent after one durable write for many;
+// OFFERs held for a probe of the address.
 type Deferrer interface {
 	// Durable waits until the leases granted by the replies to reqs are
 	// written and sets sendable[i] to whether the reply to reqs[i] may go
 	// out.
 	Durable(ctx context.Context, reqs []*dhcpv4.DHCPv4, sendable []bool)
+	// ProbeFirst returns the address the OFFER to req grants when it must
+	// be probed before the OFFER is sent.
+	ProbeFirst(req *dhcpv4.DHCPv4) (netip.Addr, bool)
+	// Conflict takes back the OFFER of ip to req: the host at mac uses it.
+	Conflict(req *dhcpv4.DHCPv4, ip netip.Addr, mac net.HardwareAddr)
 }
+
+// Prober finds out whether an address is in use on the network (probe.Prober).
+type Prober interface {
+	Probe(ip netip.Addr, done func(probe.Result))
+}
+
+// Options are the server's collaborators besides its chain.
+type Options struct {
+	// Durable, when set, lets the server answer without waiting; without
+	// it the chain's replies are sent as soon as the chain returns.
+	Durable Deferrer
+	// Prober, when set with Durable, probes the addresses Durable names
+	// before their OFFERs go out (conflict detection).
+	Prober Prober
+	// OnConflict, when set, is told of each address found in use.
+	OnConflict func(ip netip.Addr, mac net.HardwareAddr)
+}
+
+// maxProbes bounds the addresses probed for one DISCOVER; the client
+// retries if all of them are in use.
+const maxProbes = 3
 
 // Server answers DHCPv4 packets from conn with a plugin chain.
 //
@@ -48,25 +78,30 @@ type Deferrer interface {
 // while the commit runs, so one fsync covers more ACKs. There is no
 // hand-off to another goroutine per packet: on a small VM the wake-ups and
 // context switches of one cost more CPU than answering the packet
-// (measured for issue 15: 4 hand-offs per exchange cost 40% more CPU).
+// (measured for issue 15). An OFFER held for a probe is sent from the
+// prober's goroutine when the probe ends, so a probe never holds the loop.
 // A plugin or a disk that stops stops the loop; Check sees that.
 type Server struct {
 	conn    net.PacketConn
 	chain   []handler.Handler4
-	durable Deferrer
+	opts    Options
 	metrics *Metrics
 	log     *slog.Logger
+	// sock is the socket Serve took over, for replies sent when a probe
+	// ends; nil until Serve starts and after it ends. sockMu keeps it from
+	// being closed under such a reply.
+	sockMu sync.RWMutex
+	sock   *socket
 	// Unix nanoseconds of the last turn of the receive loop, for Check.
 	receiverBeat atomic.Int64
 }
 
-// New returns a server; Serve starts it. With durable nil the chain's
-// replies are sent as soon as the chain returns.
-func New(conn net.PacketConn, chain []handler.Handler4, durable Deferrer, metrics *Metrics, log *slog.Logger) *Server {
+// New returns a server; Serve starts it.
+func New(conn net.PacketConn, chain []handler.Handler4, opts Options, metrics *Metrics, log *slog.Logger) *Server {
 	s := &Server{
 		conn:    conn,
 		chain:   chain,
-		durable: durable,
+		opts:    opts,
 		metrics: metrics,
 		log:     log,
 	}
@@ -99,7 +134,15 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer sock.close()
+	s.sockMu.Lock()
+	s.sock = sock
+	s.sockMu.Unlock()
+	defer func() {
+		s.sockMu.Lock()
+		s.sock = nil
+		s.sockMu.Unlock()
+		sock.close()
+	}()
 	stop := context.AfterFunc(ctx, sock.shutdown)
 	defer stop()
 	bufs := make([][]byte, readBatch)
@@ -133,10 +176,14 @@ func (s *Server) Serve(ctx context.Context) error {
 				continue
 			}
 			r := reply{req: req, msgType: resp.MessageType(), data: resp.ToBytes(), to: dest}
-			if s.durable != nil && r.msgType == dhcpv4.MessageTypeAck && req.MessageType() == dhcpv4.MessageTypeRequest {
+			switch {
+			case s.opts.Durable == nil:
+				now = append(now, r)
+			case r.msgType == dhcpv4.MessageTypeAck && req.MessageType() == dhcpv4.MessageTypeRequest:
 				later = append(later, r)
 				reqs = append(reqs, req)
-			} else {
+			case r.msgType == dhcpv4.MessageTypeOffer && s.probeFirst(r, received, 1):
+			default:
 				now = append(now, r)
 			}
 		}
@@ -148,7 +195,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		sendable = slices.Grow(sendable[:0], len(reqs))[:len(reqs)]
 		// Not cancelled with ctx: the ACKs in hand at shutdown are finished.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), durableTimeout)
-		s.durable.Durable(ctx, reqs, sendable)
+		s.opts.Durable.Durable(ctx, reqs, sendable)
 		cancel()
 		acks := later[:0]
 		for i, r := range later {
@@ -159,6 +206,72 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.sendBatch(sock, acks, received)
 	}
 	return nil
+}
+
+// probeFirst starts the probe of the address OFFER r grants, when it needs
+// one, and tells whether it did; the OFFER goes out when the probe ends.
+// attempt counts the addresses probed for this DISCOVER.
+func (s *Server) probeFirst(r reply, received time.Time, attempt int) bool {
+	if s.opts.Prober == nil {
+		return false
+	}
+	ip, ok := s.opts.Durable.ProbeFirst(r.req)
+	if !ok {
+		return false
+	}
+	s.opts.Prober.Probe(ip, func(res probe.Result) { s.probed(r, ip, res, received, attempt) })
+	return true
+}
+
+// probed ends the probe of ip for OFFER r: the OFFER goes out if nothing
+// else uses ip; otherwise ip is taken back and the chain asked again for
+// another address, which is probed in turn.
+func (s *Server) probed(r reply, ip netip.Addr, res probe.Result, received time.Time, attempt int) {
+	switch {
+	case res.Err != nil:
+		// Offered as without conflict detection: a lost probe must not
+		// stop service. Counted; the log line is the prober's.
+		s.metrics.probes.WithLabelValues("error").Inc()
+	case !res.InUse || slices.Equal(res.MAC, r.req.ClientHWAddr):
+		// Nobody answered, or the client itself did: it is its address.
+		s.metrics.probes.WithLabelValues("free").Inc()
+	default:
+		s.metrics.probes.WithLabelValues("in_use").Inc()
+		s.metrics.conflicts.Inc()
+		s.opts.Durable.Conflict(r.req, ip, res.MAC)
+		if s.opts.OnConflict != nil {
+			s.opts.OnConflict(ip, res.MAC)
+		}
+		if attempt >= maxProbes {
+			s.metrics.Dropped(DropAddressesInUse)
+			return
+		}
+		resp, dest := s.handle(r.req)
+		if resp == nil {
+			return
+		}
+		next := reply{req: r.req, msgType: resp.MessageType(), data: resp.ToBytes(), to: dest}
+		if next.msgType == dhcpv4.MessageTypeOffer && s.probeFirst(next, received, attempt+1) {
+			return
+		}
+		r = next
+	}
+	s.sockMu.RLock()
+	defer s.sockMu.RUnlock()
+	if s.sock != nil {
+		s.sendOne(s.sock, r, received)
+	}
+}
+
+// sendOne sends one reply from any goroutine.
+func (s *Server) sendOne(sock *socket, r reply, received time.Time) {
+	if err := sock.sendOne(r.data, r.to); err != nil {
+		s.metrics.Dropped(DropSendFailed)
+		s.log.Warn("send reply", "to", r.to, "error", err)
+		return
+	}
+	s.metrics.sent.WithLabelValues(r.msgType.String()).Inc()
+	s.metrics.handleDuration.Observe(time.Since(received).Seconds())
 }
 
 // sendBatch sends replies with as few system calls as the kernel allows.

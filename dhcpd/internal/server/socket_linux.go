@@ -125,6 +125,17 @@ func (s *socket) send(packets [][]byte, to []netip.AddrPort) (int, error) {
 	return sent, nil
 }
 
+// sendOne sends one packet; unlike send, it may run beside the other
+// methods.
+func (s *socket) sendOne(packet []byte, to netip.AddrPort) error {
+	for {
+		err := unix.Sendto(s.fd, packet, 0, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()})
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
 // shutdown wakes a receive in progress.
 func (s *socket) shutdown() { _ = unix.Shutdown(s.fd, unix.SHUT_RD) }
 

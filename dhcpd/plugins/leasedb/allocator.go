@@ -364,6 +364,17 @@ func (a *allocator) discover(c client, requested netip.Addr, now time.Time) (*en
 // VMKeyPrefix starts the lease keys of VM interfaces (see the kubevirt plugin).
 const VMKeyPrefix = "vm:"
 
+// owns tells whether ip, just offered to c, is the client's own: its
+// reservation, its pin, or the address it held or was offered before the
+// DISCOVER (previous; invalid when none). Only other addresses are probed
+// before an OFFER: the client itself would answer for its own.
+func (a *allocator) owns(c client, previous, ip netip.Addr) bool {
+	if r, ok := a.reservations[c.mac.String()]; ok && r.IP == ip {
+		return true
+	}
+	return (c.pin.IsValid() && c.pin == ip) || previous == ip
+}
+
 func (a *allocator) rememberVM(key string, mac net.HardwareAddr) {
 	if strings.HasPrefix(key, VMKeyPrefix) && mac != nil {
 		a.vmByMAC[mac.String()] = key

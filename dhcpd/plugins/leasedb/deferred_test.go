@@ -15,7 +15,7 @@ import (
 // out only the ACKs whose leases are in the store.
 func TestDeferredACKsAreSentOnlyWhenDurable(t *testing.T) {
 	h, store := newFaultyHarness(t, nil)
-	d := h.db.Deferred()
+	d := h.db.Deferred(false)
 	answer := func(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 		resp, err := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
 		require.NoError(t, err)

@@ -473,9 +473,18 @@ func (db *LeaseDB) Handler4(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	return db.handle(req, resp, nil)
 }
 
+// deferral receives what Deferred leaves for later: ACKs whose leases are
+// not yet written, OFFERs whose address is to be probed first.
+type deferral interface {
+	ack(req *dhcpv4.DHCPv4, ack pendingAck)
+	offer(req *dhcpv4.DHCPv4, offer pendingOffer)
+	released(ip netip.Addr)
+}
+
 // handle answers req; with defer_ set, REQUEST, RELEASE and DECLINE do not
-// wait for their changes to be written (see Deferred).
-func (db *LeaseDB) handle(req, resp *dhcpv4.DHCPv4, defer_ func(*dhcpv4.DHCPv4, pendingAck)) (*dhcpv4.DHCPv4, bool) {
+// wait for their changes to be written, and OFFERs of an address that is
+// not the client's own are handed over for a probe (see Deferred).
+func (db *LeaseDB) handle(req, resp *dhcpv4.DHCPv4, defer_ deferral) (*dhcpv4.DHCPv4, bool) {
 	if relay, ok := addrOf(req.GatewayIPAddr); ok && !db.server.Masked().Contains(relay) {
 		// A relay on another subnet needs a pool of that subnet.
 		db.observer.Dropped(DropForeignRelay)
@@ -483,11 +492,11 @@ func (db *LeaseDB) handle(req, resp *dhcpv4.DHCPv4, defer_ func(*dhcpv4.DHCPv4, 
 	}
 	switch req.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
-		return db.discover(req, resp)
+		return db.discover(req, resp, defer_)
 	case dhcpv4.MessageTypeRequest:
 		return db.request(req, resp, defer_)
 	case dhcpv4.MessageTypeRelease:
-		db.release(req, defer_ == nil)
+		db.release(req, defer_)
 		return nil, true
 	case dhcpv4.MessageTypeDecline:
 		db.decline(req, defer_ == nil)
@@ -505,7 +514,7 @@ func (db *LeaseDB) handle(req, resp *dhcpv4.DHCPv4, defer_ func(*dhcpv4.DHCPv4, 
 	}
 }
 
-func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
+func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4, defer_ deferral) (*dhcpv4.DHCPv4, bool) {
 	c, known := db.clientOf(req)
 	if !known {
 		return nil, true
@@ -514,12 +523,17 @@ func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 	var offered Lease
 	var reason string
 	var now time.Time
-	pinUnusable := false
+	pinUnusable, own := false, false
 	db.locked(func(t time.Time) {
 		now = t
 		pinUnusable = c.pin.IsValid() && !db.alloc.pinUsable(c)
+		var previous netip.Addr
+		if e := db.alloc.byClient[c.id]; e != nil {
+			previous = e.IP
+		}
 		if e, why := db.alloc.discover(c, requested, now); e != nil {
 			offered = e.Lease
+			own = db.alloc.owns(c, previous, e.IP)
 		} else {
 			reason = why
 		}
@@ -542,13 +556,16 @@ func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
 		return nil, true
 	}
 	db.fillLease(resp, offered.IP, offered.Hostname)
+	if defer_ != nil && !own {
+		defer_.offer(req, pendingOffer{client: c, ip: offered.IP})
+	}
 	return resp, false
 }
 
 // request answers a REQUEST. With defer_ nil it waits for the lease to be
 // written before it returns the ACK; otherwise it hands the pending ACK to
 // defer_ and returns at once.
-func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4, defer_ func(*dhcpv4.DHCPv4, pendingAck)) (*dhcpv4.DHCPv4, bool) {
+func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4, defer_ deferral) (*dhcpv4.DHCPv4, bool) {
 	c, known := db.clientOf(req)
 	if !known {
 		return nil, true
@@ -605,7 +622,7 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4, defer_ func(*dhcpv4.DHCPv4,
 	}
 	pending := pendingAck{client: c, allocation: al, lease: lease, ticket: ticket}
 	if defer_ != nil {
-		defer_(req, pending)
+		defer_.ack(req, pending)
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 		defer cancel()
@@ -650,7 +667,7 @@ func (db *LeaseDB) tell(c client, reason string, ip netip.Addr) {
 	}
 }
 
-func (db *LeaseDB) release(req *dhcpv4.DHCPv4, settle bool) {
+func (db *LeaseDB) release(req *dhcpv4.DHCPv4, defer_ deferral) {
 	if db.forOtherServer(req) {
 		return
 	}
@@ -663,8 +680,10 @@ func (db *LeaseDB) release(req *dhcpv4.DHCPv4, settle bool) {
 	ticket := db.lockedTicket(func(now time.Time) { known = db.alloc.release(c, ciaddr, now) })
 	if !known {
 		db.observer.Dropped(DropUnknownRelease)
+	} else if defer_ != nil {
+		defer_.released(ciaddr)
 	}
-	db.settleOrFlush(ticket, settle)
+	db.settleOrFlush(ticket, defer_ == nil)
 }
 
 // settleOrFlush settles ticket, or leaves its changes to the background

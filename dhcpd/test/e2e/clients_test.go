@@ -255,6 +255,8 @@ func TestLeasesSurviveKill9(t *testing.T) {
 func TestDeclineQuarantines(t *testing.T) {
 	b := newTestBed(t, func(c *config.Config) {
 		c.Server.Pools = []hyperdhcpv1beta1.AddressRange{{Start: "192.168.50.100", End: "192.168.50.101"}}
+		// The client's own probe and DECLINE are under test, not the server's.
+		c.Server.ConflictDetection = &hyperdhcpv1beta1.ConflictDetectionSpec{Enabled: new(false)}
 	})
 	b.startServer()
 	squatter := b.addClient("02:00:5e:30:00:99")

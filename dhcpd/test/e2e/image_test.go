@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
 )
 
@@ -106,28 +107,55 @@ func TestImages(t *testing.T) {
 		require.NoError(t, err, "%s", out)
 		assert.Regexp(t, `hyperdhcp-operator \S+`, string(out))
 	})
-	t.Run("hyperdhcpd serves a client", func(t *testing.T) {
-		leases := filepath.Join(t.TempDir(), "leases")
-		require.NoError(t, os.Mkdir(leases, 0o755))
-		require.NoError(t, os.Chown(leases, 65532, 65532), "the volume belongs to the image's user, as fsGroup makes it")
-		b := newTestBed(t, func(c *config.Config) { c.LeaseDatabase = "/var/lib/hyperdhcp/leases.db" })
-		b.database = filepath.Join(leases, "leases.db")
-		require.NoError(t, os.Chmod(b.config, 0o644), "readable by the image's user, as a ConfigMap volume is")
-		// As the Deployment's pod sysctl does: port 67 without root.
-		sh(t, "ip", "netns", "exec", b.serverNS, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=67")
-		name := strings.ReplaceAll(t.Name(), "/", "-")
-		run := podman(t, "run", "--rm", "--name", name,
-			"--network", "ns:/run/netns/"+b.serverNS,
-			"--read-only", "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE", "--security-opt", "no-new-privileges",
-			"--volume", b.config+":/etc/hyperdhcp/hyperdhcpd.yaml:ro",
-			"--volume", leases+":/var/lib/hyperdhcp",
-			dhcpd, "serve", "--config", "/etc/hyperdhcp/hyperdhcpd.yaml")
-		b.startServerCommand(run.Path, run.Args[1:]...)
-		t.Cleanup(func() { _ = podman(t, "rm", "--force", name).Run() })
+	// As the operator renders the pod: non-root without conflict
+	// detection; root with exactly NET_BIND_SERVICE and NET_RAW with it
+	// (Kubernetes gives added capabilities to root only).
+	for _, mode := range []struct {
+		name    string
+		probing bool
+		user    string
+		caps    []string
+	}{
+		{"hyperdhcpd serves a client as non-root", false, "", []string{"NET_BIND_SERVICE"}},
+		{"hyperdhcpd probes and serves a client as root with NET_RAW", true, "0:65532", []string{"NET_BIND_SERVICE", "NET_RAW"}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			leases := filepath.Join(t.TempDir(), "leases")
+			require.NoError(t, os.Mkdir(leases, 0o755))
+			// As fsGroup makes the volume: group 65532, group-writable, setgid.
+			require.NoError(t, os.Chown(leases, 65532, 65532))
+			require.NoError(t, os.Chmod(leases, 0o775|os.ModeSetgid))
+			b := newTestBed(t, func(c *config.Config) {
+				c.LeaseDatabase = "/var/lib/hyperdhcp/leases.db"
+				c.Server.ConflictDetection = &hyperdhcpv1beta1.ConflictDetectionSpec{Enabled: new(mode.probing)}
+			})
+			b.database = filepath.Join(leases, "leases.db")
+			require.NoError(t, os.Chmod(b.config, 0o644), "readable by the image's user, as a ConfigMap volume is")
+			args := []string{"run", "--rm", "--name", strings.ReplaceAll(t.Name(), "/", "-"),
+				"--network", "ns:/run/netns/" + b.serverNS,
+				"--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+				"--volume", b.config + ":/etc/hyperdhcp/hyperdhcpd.yaml:ro",
+				"--volume", leases + ":/var/lib/hyperdhcp"}
+			for _, c := range mode.caps {
+				args = append(args, "--cap-add", c)
+			}
+			if mode.user != "" {
+				args = append(args, "--user", mode.user)
+			} else {
+				// As the Deployment's pod sysctl does: port 67 without root.
+				sh(t, "ip", "netns", "exec", b.serverNS, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=67")
+			}
+			run := podman(t, append(args, dhcpd, "serve", "--config", "/etc/hyperdhcp/hyperdhcpd.yaml")...)
+			b.startServerCommand(run.Path, run.Args[1:]...)
+			t.Cleanup(func() { _ = podman(t, "rm", "--force", args[3]).Run() })
 
-		got := (&udhcpc{c: b.addClient("02:00:5e:30:00:01")}).obtain()
-		inPool(t, got.IP)
-		assert.Equal(t, routerIP, got.Router)
-		assert.Equal(t, leasedb.StateBound, b.leases()[mustAddr(t, got.IP)].State, "the lease is on the volume")
-	})
+			got := (&udhcpc{c: b.addClient("02:00:5e:30:00:01")}).obtain()
+			inPool(t, got.IP)
+			assert.Equal(t, routerIP, got.Router)
+			assert.Equal(t, leasedb.StateBound, b.leases()[mustAddr(t, got.IP)].State, "the lease is on the volume")
+			if mode.probing {
+				assert.GreaterOrEqual(t, b.metric(`hyperdhcpd_probes_total{result="free"}`), 1.0, "the OFFER was probed")
+			}
+		})
+	}
 }

@@ -88,6 +88,7 @@ var requiredTools = map[string]string{
 	"podman":   "podman",
 	"runc":     "runc",
 	"skopeo":   "skopeo",
+	"nft":      "nftables",
 }
 
 // ensurePackages installs the Debian packages of missing tools.
@@ -154,7 +155,9 @@ func newTestBed(t *testing.T, mutate func(*config.Config)) *testBed {
 	sh(t, "ip", "netns", "add", b.serverNS)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", b.serverNS).Run() })
 	quietNamespace(t, b.serverNS)
-	sh(t, "ip", "-n", b.serverNS, "link", "add", "br0", "type", "bridge")
+	// A bridge takes the lowest MAC of its ports unless it has one of its
+	// own; a pod's interface keeps its MAC, and so does this one.
+	sh(t, "ip", "-n", b.serverNS, "link", "add", "br0", "address", "02:00:5e:00:00:02", "type", "bridge")
 	sh(t, "ip", "-n", b.serverNS, "addr", "add", serverIP, "dev", "br0")
 	sh(t, "ip", "-n", b.serverNS, "link", "set", "br0", "up")
 

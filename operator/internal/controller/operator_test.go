@@ -185,19 +185,26 @@ func TestRenderedPodIsAdmittedByRestrictedPodSecurity(t *testing.T) {
 		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "restricted"}}}
 	require.NoError(t, admin.Create(t.Context(), nsObj))
 	ns := nsObj.Name
-	server := &hyperdhcpv1beta1.Server{
-		ObjectMeta: metav1.ObjectMeta{Name: "lab", Namespace: ns},
-		Spec: hyperdhcpv1beta1.ServerSpec{
-			NetworkAttachment: hyperdhcpv1beta1.NetworkAttachment{Name: "lab-bridge"},
-			ServerIP:          "192.168.50.2/24",
-			Pools:             []hyperdhcpv1beta1.AddressRange{{Start: "192.168.50.100", End: "192.168.50.199"}},
-		},
+	pod := func(name string, probing bool) *corev1.Pod {
+		server := &hyperdhcpv1beta1.Server{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: hyperdhcpv1beta1.ServerSpec{
+				NetworkAttachment: hyperdhcpv1beta1.NetworkAttachment{Name: "lab-bridge"},
+				ServerIP:          "192.168.50.2/24",
+				Pools:             []hyperdhcpv1beta1.AddressRange{{Start: "192.168.50.100", End: "192.168.50.199"}},
+				ConflictDetection: &hyperdhcpv1beta1.ConflictDetectionSpec{Enabled: new(probing)},
+			},
+		}
+		hyperdhcpv1beta1.SetDefaults(&server.Spec)
+		d, err := render.Deployment(server, testImage, "h")
+		require.NoError(t, err)
+		require.NoError(t, admin.Create(t.Context(), render.ServiceAccount(server)))
+		p := &corev1.Pod{ObjectMeta: *d.Spec.Template.ObjectMeta.DeepCopy(), Spec: *d.Spec.Template.Spec.DeepCopy()}
+		p.Name, p.Namespace = name, ns
+		return p
 	}
-	hyperdhcpv1beta1.SetDefaults(&server.Spec)
-	d, err := render.Deployment(server, testImage, "h")
-	require.NoError(t, err)
-	require.NoError(t, admin.Create(t.Context(), render.ServiceAccount(server)))
-	pod := &corev1.Pod{ObjectMeta: *d.Spec.Template.ObjectMeta.DeepCopy(), Spec: *d.Spec.Template.Spec.DeepCopy()}
-	pod.Name, pod.Namespace = "hyperdhcpd", ns
-	assert.NoError(t, admin.Create(t.Context(), pod))
+	assert.NoError(t, admin.Create(t.Context(), pod("lab", false)), "without conflict detection the pod is restricted")
+	err := admin.Create(t.Context(), pod("probing", true))
+	require.Error(t, err, "NET_RAW and root are beyond restricted (and baseline): the README says so")
+	assert.Contains(t, err.Error(), "violates PodSecurity")
 }

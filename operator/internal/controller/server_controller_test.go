@@ -203,7 +203,7 @@ func TestDriftIsRepaired(t *testing.T) {
 	c.Env = append(c.Env, corev1.EnvVar{Name: "HYPERDHCPD_PORT", Value: "6767"})
 	c.SecurityContext.Capabilities.Add = append(c.SecurityContext.Capabilities.Add, "NET_ADMIN")
 	d.Spec.Template.Spec.HostPID = true
-	d.Spec.Template.Spec.SecurityContext.RunAsNonRoot = new(false)
+	d.Spec.Template.Spec.SecurityContext.RunAsUser = new(int64(1000))
 	require.NoError(t, admin.Update(t.Context(), d))
 	eventually(t, d, key(ns, name), func() bool {
 		return *d.Spec.Replicas == 1 && apiequality.Semantic.DeepEqual(*rendered, d.Spec.Template.Spec)

@@ -287,10 +287,11 @@ func Deployment(server *hyperdhcpv1beta1.Server, image, configHash string) (*app
 			// capability without ambient capabilities); replies to clients
 			// without an address are broadcast, which needs no capability;
 			// binding the socket to the Multus interface (SO_BINDTODEVICE)
-			// needs none on Linux 5.7 and later. No feature needs NET_RAW.
+			// needs none on Linux 5.7 and later. Only conflict detection
+			// needs NET_RAW (an ARP packet socket).
 			Capabilities: &corev1.Capabilities{
 				Drop: []corev1.Capability{"ALL"},
-				Add:  []corev1.Capability{"NET_BIND_SERVICE"},
+				Add:  capabilities(server),
 			},
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
@@ -314,21 +315,10 @@ func Deployment(server *hyperdhcpv1beta1.Server, image, configHash string) (*app
 				},
 				Spec: corev1.PodSpec{
 					ServiceAccountName: Name(server),
-					SecurityContext: &corev1.PodSecurityContext{
-						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-						RunAsNonRoot:   new(true),
-						RunAsUser:      new(int64(RunAsID)),
-						RunAsGroup:     new(int64(RunAsID)),
-						// The lease volume is made group-writable for this group.
-						FSGroup: new(int64(RunAsID)),
-						// Lets the non-root process bind port 67 in the pod's own
-						// network namespace: a safe sysctl, allowed by the baseline
-						// and restricted Pod Security levels.
-						Sysctls: []corev1.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "67"}},
-					},
-					Containers:   []corev1.Container{container},
-					NodeSelector: maps.Clone(server.Spec.NodeSelector),
-					Tolerations:  tolerations(server.Spec.Tolerations),
+					SecurityContext:    podSecurity(server),
+					Containers:         []corev1.Container{container},
+					NodeSelector:       maps.Clone(server.Spec.NodeSelector),
+					Tolerations:        tolerations(server.Spec.Tolerations),
 					Volumes: []corev1.Volume{
 						{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 							LocalObjectReference: corev1.LocalObjectReference{Name: Name(server)},
@@ -372,4 +362,41 @@ func tolerations(in []hyperdhcpv1beta1.Toleration) []corev1.Toleration {
 		})
 	}
 	return out
+}
+
+// probing tells whether the Server probes addresses before offering them.
+func probing(server *hyperdhcpv1beta1.Server) bool {
+	c := server.Spec.ConflictDetection
+	return c == nil || c.Enabled == nil || *c.Enabled
+}
+
+// capabilities are the ones hyperdhcpd's features need, and no more.
+func capabilities(server *hyperdhcpv1beta1.Server) []corev1.Capability {
+	if probing(server) {
+		return []corev1.Capability{"NET_BIND_SERVICE", "NET_RAW"}
+	}
+	return []corev1.Capability{"NET_BIND_SERVICE"}
+}
+
+// podSecurity runs hyperdhcpd as a non-root user unless conflict detection
+// needs NET_RAW: Kubernetes gives added capabilities to root only (it sets
+// no ambient capabilities), so with probing on the process is uid 0 with
+// exactly NET_BIND_SERVICE and NET_RAW, a read-only root and no privilege
+// escalation.
+func podSecurity(server *hyperdhcpv1beta1.Server) *corev1.PodSecurityContext {
+	sc := &corev1.PodSecurityContext{
+		SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		// The lease volume is made group-writable for this group.
+		FSGroup: new(int64(RunAsID)),
+	}
+	if probing(server) {
+		sc.RunAsNonRoot, sc.RunAsUser, sc.RunAsGroup = new(false), new(int64(0)), new(int64(RunAsID))
+		return sc
+	}
+	sc.RunAsNonRoot, sc.RunAsUser, sc.RunAsGroup = new(true), new(int64(RunAsID)), new(int64(RunAsID))
+	// Lets the non-root process bind port 67 in the pod's own network
+	// namespace: a safe sysctl, allowed by the baseline and restricted Pod
+	// Security levels.
+	sc.Sysctls = []corev1.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "67"}}
+	return sc
 }

@@ -91,15 +91,12 @@ func TestDeployment(t *testing.T) {
 	assert.False(t, *sc.AllowPrivilegeEscalation)
 	assert.True(t, *sc.ReadOnlyRootFilesystem)
 	assert.Equal(t, []corev1.Capability{"ALL"}, sc.Capabilities.Drop)
-	assert.Equal(t, []corev1.Capability{"NET_BIND_SERVICE"}, sc.Capabilities.Add, "no feature needs NET_RAW")
+	assert.Equal(t, []corev1.Capability{"NET_BIND_SERVICE", "NET_RAW"}, sc.Capabilities.Add, "conflict detection (on by default) needs NET_RAW")
 	psc := pod.Spec.SecurityContext
 	assert.Equal(t, corev1.SeccompProfileTypeRuntimeDefault, psc.SeccompProfile.Type)
-	assert.Equal(t, new(true), psc.RunAsNonRoot)
-	assert.Equal(t, new(int64(65532)), psc.RunAsUser)
-	assert.Equal(t, new(int64(65532)), psc.RunAsGroup)
-	assert.Equal(t, new(int64(65532)), psc.FSGroup, "the lease volume is writable by the non-root user")
-	assert.Contains(t, psc.Sysctls, corev1.Sysctl{Name: "net.ipv4.ip_unprivileged_port_start", Value: "67"},
-		"a non-root process gets no added capability without ambient capabilities: port 67 must be unprivileged")
+	assert.Equal(t, new(false), psc.RunAsNonRoot, "only root gets added capabilities: Kubernetes sets no ambient ones")
+	assert.Equal(t, new(int64(0)), psc.RunAsUser)
+	assert.Equal(t, new(int64(65532)), psc.FSGroup)
 	assert.Equal(t, resource.MustParse("128Mi"), c.Resources.Limits[corev1.ResourceMemory])
 	assert.Equal(t, map[string]string{"zone": "a"}, pod.Spec.NodeSelector)
 	assert.Equal(t, corev1.TolerationOpExists, pod.Spec.Tolerations[0].Operator)
@@ -110,6 +107,29 @@ func TestDeployment(t *testing.T) {
 	d, err = Deployment(server, "example/hyperdhcpd:v1", "abc")
 	require.NoError(t, err)
 	assert.Equal(t, "mirror.example/hyperdhcpd:v2", d.Spec.Template.Spec.Containers[0].Image, "the Server's image wins")
+}
+
+// TestDeploymentWithoutConflictDetection: without probing no feature needs
+// NET_RAW, and hyperdhcpd runs as the non-root user.
+func TestDeploymentWithoutConflictDetection(t *testing.T) {
+	server := testServer()
+	server.Spec.ConflictDetection = &hyperdhcpv1beta1.ConflictDetectionSpec{Enabled: new(false)}
+	d, err := Deployment(server, "example/hyperdhcpd:v1", "abc")
+	require.NoError(t, err)
+	pod := d.Spec.Template
+	sc := pod.Spec.Containers[0].SecurityContext
+	assert.False(t, *sc.AllowPrivilegeEscalation)
+	assert.True(t, *sc.ReadOnlyRootFilesystem)
+	assert.Equal(t, []corev1.Capability{"ALL"}, sc.Capabilities.Drop)
+	assert.Equal(t, []corev1.Capability{"NET_BIND_SERVICE"}, sc.Capabilities.Add, "no other feature needs NET_RAW")
+	psc := pod.Spec.SecurityContext
+	assert.Equal(t, corev1.SeccompProfileTypeRuntimeDefault, psc.SeccompProfile.Type)
+	assert.Equal(t, new(true), psc.RunAsNonRoot)
+	assert.Equal(t, new(int64(65532)), psc.RunAsUser)
+	assert.Equal(t, new(int64(65532)), psc.RunAsGroup)
+	assert.Equal(t, new(int64(65532)), psc.FSGroup, "the lease volume is writable by the non-root user")
+	assert.Contains(t, psc.Sysctls, corev1.Sysctl{Name: "net.ipv4.ip_unprivileged_port_start", Value: "67"},
+		"a non-root process gets no added capability without ambient capabilities: port 67 must be unprivileged")
 }
 
 func TestNetworksAnnotationDefaultsToTheServersNamespace(t *testing.T) {

@@ -1,0 +1,271 @@
+// Package probe finds out whether something on a network segment already
+// uses an IPv4 address, before a DHCP server offers it (RFC 2131 section
+// 2.2): it broadcasts an ARP probe (RFC 5227: sender address 0.0.0.0, so no
+// neighbour cache learns anything from it) and waits a while for a host to
+// claim the address. ARP and not ICMP echo: every IPv4 host on the segment
+// answers ARP for its addresses, and a guest's firewall that drops pings
+// does not hide it.
+package probe
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Result is what a probe found.
+type Result struct {
+	// InUse is true when a host answered for the address (or announced it).
+	InUse bool
+	// MAC is the answering host's hardware address when InUse.
+	MAC net.HardwareAddr
+	// Err is set when the probe could not be sent; the address is then
+	// neither known to be free nor in use.
+	Err error
+}
+
+// freshFor is how long an address that nobody claimed counts as free
+// without another probe: long enough to cover the client's REQUEST and a
+// retransmitted DISCOVER, short enough that a host configured since is
+// found.
+const freshFor = 10 * time.Second
+
+// Prober probes addresses on one interface. Many probes run at once; each
+// caller is told once, on the prober's goroutine or at once from its cache.
+type Prober struct {
+	fd      int
+	ifindex int
+	hwaddr  net.HardwareAddr
+	timeout time.Duration
+	now     func() time.Time
+
+	mu       sync.Mutex
+	inflight map[netip.Addr]*probe
+	queue    []*probe // in the order they time out: one timeout for all
+	free     map[netip.Addr]time.Time
+	wake     chan struct{}
+}
+
+type probe struct {
+	addr     netip.Addr
+	deadline time.Time
+	waiters  []func(Result)
+}
+
+// Open opens an ARP socket on the interface named iface (it needs
+// CAP_NET_RAW) for probes that wait timeout for an answer.
+func Open(iface string, timeout time.Duration) (*Prober, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("conflict detection: %w", err)
+	}
+	if len(ifi.HardwareAddr) != 6 {
+		return nil, fmt.Errorf("conflict detection: interface %s has no Ethernet address", iface)
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ARP)))
+	if err != nil {
+		return nil, fmt.Errorf("conflict detection: open an ARP socket (needs CAP_NET_RAW): %w", err)
+	}
+	// The receive timeout lets the reader notice that it should stop.
+	tv := unix.NsecToTimeval(int64(time.Second))
+	if err := errors.Join(
+		unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifi.Index}),
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv),
+	); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("conflict detection: ARP socket on %s: %w", iface, err)
+	}
+	return &Prober{
+		fd:       fd,
+		ifindex:  ifi.Index,
+		hwaddr:   ifi.HardwareAddr,
+		timeout:  timeout,
+		now:      time.Now,
+		inflight: make(map[netip.Addr]*probe),
+		free:     make(map[netip.Addr]time.Time),
+		wake:     make(chan struct{}, 1),
+	}, nil
+}
+
+// Run reads ARP packets and ends probes until ctx ends; it closes the
+// socket when it returns.
+func (p *Prober) Run(ctx context.Context) {
+	defer unix.Close(p.fd)
+	stop := context.AfterFunc(ctx, func() { _ = unix.Shutdown(p.fd, unix.SHUT_RD) })
+	defer stop()
+	go p.expire(ctx)
+	buf := make([]byte, 1500)
+	for ctx.Err() == nil {
+		n, _, err := unix.Recvfrom(p.fd, buf, 0)
+		if err != nil || n == 0 {
+			continue // timeout, interruption or shutdown: check ctx
+		}
+		if sender, addr, ok := parseARP(buf[:n]); ok {
+			p.claimed(addr, sender)
+		}
+	}
+}
+
+// Probe finds out whether addr is in use and tells done, once. An address
+// found free moments ago is not probed again; a probe of an address
+// already in flight is shared.
+func (p *Prober) Probe(addr netip.Addr, done func(Result)) {
+	p.mu.Lock()
+	now := p.now()
+	if until, ok := p.free[addr]; ok {
+		if now.Before(until) {
+			p.mu.Unlock()
+			done(Result{})
+			return
+		}
+		delete(p.free, addr)
+	}
+	if pr := p.inflight[addr]; pr != nil {
+		pr.waiters = append(pr.waiters, done)
+		p.mu.Unlock()
+		return
+	}
+	pr := &probe{addr: addr, deadline: now.Add(p.timeout), waiters: []func(Result){done}}
+	p.inflight[addr] = pr
+	p.queue = append(p.queue, pr)
+	first := len(p.queue) == 1
+	p.mu.Unlock()
+	if first {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+	if err := p.send(addr); err != nil {
+		p.finish(addr, Result{Err: fmt.Errorf("send ARP probe for %s: %w", addr, err)})
+	}
+}
+
+// Forget drops what the prober remembers of addr (a quarantine ended, or
+// the address was just released and counts as free).
+func (p *Prober) Forget(addr netip.Addr) {
+	p.mu.Lock()
+	delete(p.free, addr)
+	p.mu.Unlock()
+}
+
+// RememberFree records addr as free without a probe, for freshFor: its
+// client released it a moment ago.
+func (p *Prober) RememberFree(addr netip.Addr) {
+	p.mu.Lock()
+	p.free[addr] = p.now().Add(freshFor)
+	p.mu.Unlock()
+}
+
+// claimed ends the probe of addr, if one runs: sender uses it.
+func (p *Prober) claimed(addr netip.Addr, sender net.HardwareAddr) {
+	if slices.Equal(sender, p.hwaddr) {
+		return
+	}
+	p.mu.Lock()
+	delete(p.free, addr) // someone took it up since its probe
+	p.mu.Unlock()
+	p.finish(addr, Result{InUse: true, MAC: slices.Clone(sender)})
+}
+
+// finish ends the probe of addr with r and tells its waiters.
+func (p *Prober) finish(addr netip.Addr, r Result) {
+	p.mu.Lock()
+	pr := p.inflight[addr]
+	if pr == nil {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.inflight, addr)
+	if !r.InUse && r.Err == nil {
+		p.free[addr] = p.now().Add(freshFor)
+	}
+	p.mu.Unlock()
+	for _, w := range pr.waiters {
+		w(r)
+	}
+}
+
+// expire ends the probes nobody answered, in the order they were sent.
+func (p *Prober) expire(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		now := p.now()
+		var due []*probe
+		for len(p.queue) > 0 && !p.queue[0].deadline.After(now) {
+			due = append(due, p.queue[0])
+			p.queue = p.queue[1:]
+		}
+		next := time.Duration(-1)
+		if len(p.queue) > 0 {
+			next = p.queue[0].deadline.Sub(now)
+		}
+		for addr, until := range p.free {
+			if len(p.free) < 4096 {
+				break // a small cache is cleaned by Probe alone
+			}
+			if now.After(until) {
+				delete(p.free, addr)
+			}
+		}
+		p.mu.Unlock()
+		for _, pr := range due {
+			p.finish(pr.addr, Result{})
+		}
+		if next >= 0 {
+			timer.Reset(next)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-p.wake:
+		}
+	}
+}
+
+// send broadcasts an ARP probe for addr (RFC 5227 section 2.1.1).
+func (p *Prober) send(addr netip.Addr) error {
+	var pkt [28]byte
+	binary.BigEndian.PutUint16(pkt[0:], 1)      // Ethernet
+	binary.BigEndian.PutUint16(pkt[2:], 0x0800) // IPv4
+	pkt[4], pkt[5] = 6, 4
+	binary.BigEndian.PutUint16(pkt[6:], 1) // request
+	copy(pkt[8:14], p.hwaddr)
+	// sender protocol address 0.0.0.0, target hardware address zero
+	target := addr.As4()
+	copy(pkt[24:28], target[:])
+	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: p.ifindex, Halen: 6,
+		Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
+	return unix.Sendto(p.fd, pkt[:], 0, to)
+}
+
+// parseARP returns the sender of an ARP packet and the IPv4 address it
+// claims: the sender protocol address of a reply or of a request
+// (announcements included); ok is false for probes (sender 0.0.0.0) and
+// anything that is not Ethernet/IPv4 ARP.
+func parseARP(b []byte) (sender net.HardwareAddr, addr netip.Addr, ok bool) {
+	if len(b) < 28 || binary.BigEndian.Uint16(b[0:]) != 1 || binary.BigEndian.Uint16(b[2:]) != 0x0800 || b[4] != 6 || b[5] != 4 {
+		return nil, netip.Addr{}, false
+	}
+	if op := binary.BigEndian.Uint16(b[6:]); op != 1 && op != 2 {
+		return nil, netip.Addr{}, false
+	}
+	addr = netip.AddrFrom4([4]byte(b[14:18]))
+	if addr.IsUnspecified() {
+		return nil, netip.Addr{}, false
+	}
+	return net.HardwareAddr(b[8:14]), addr, true
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
