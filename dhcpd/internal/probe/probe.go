@@ -38,6 +38,11 @@ type Result struct {
 // found.
 const freshFor = 10 * time.Second
 
+// timerSlack is how much earlier than its timeout a probe ends: the
+// OFFER it holds then leaves within the timeout of the DISCOVER, wake-up
+// and send included, rather than a millisecond or two after it.
+const timerSlack = 2 * time.Millisecond
+
 // Prober probes addresses on one interface. Many probes run at once; each
 // caller is told once, on the prober's goroutine or at once from its cache.
 type Prober struct {
@@ -133,7 +138,9 @@ func (p *Prober) Probe(addr netip.Addr, done func(Result)) {
 		p.mu.Unlock()
 		return
 	}
-	pr := &probe{addr: addr, deadline: now.Add(p.timeout), waiters: []func(Result){done}}
+	// Go's timers wake up to a millisecond late on an idle process (its
+	// poller sleeps in whole milliseconds).
+	pr := &probe{addr: addr, deadline: now.Add(p.timeout - timerSlack), waiters: []func(Result){done}}
 	p.inflight[addr] = pr
 	p.queue = append(p.queue, pr)
 	first := len(p.queue) == 1
