@@ -76,7 +76,7 @@ func TestProbeFindsAHostThatDropsPings(t *testing.T) {
 
 	probe := func(addr string) Result {
 		result := make(chan Result, 1)
-		p.Probe(netip.MustParseAddr(addr), func(r Result) { result <- r })
+		p.Probe(netip.MustParseAddr(addr), time.Now(), func(r Result) { result <- r })
 		select {
 		case r := <-result:
 			return r

@@ -41,7 +41,7 @@ const freshFor = 10 * time.Second
 // timerSlack is how much earlier than its timeout a probe ends: the
 // OFFER it holds then leaves within the timeout of the DISCOVER, wake-up
 // and send included, rather than a millisecond or two after it.
-const timerSlack = 2 * time.Millisecond
+const timerSlack = 2*time.Millisecond + tick
 
 // Prober probes addresses on one interface. Many probes run at once; each
 // caller is told once, on the prober's goroutine or at once from its cache.
@@ -56,7 +56,15 @@ type Prober struct {
 	inflight map[netip.Addr]*probe
 	queue    []*probe // in the order they time out: one timeout for all
 	free     map[netip.Addr]time.Time
-	wake     chan struct{}
+	// freeOrder lists free results in the order they lapse (one freshFor
+	// for all), so they are forgotten without scanning free.
+	freeOrder []freeUntil
+	wake      chan struct{}
+}
+
+type freeUntil struct {
+	addr  netip.Addr
+	until time.Time
 }
 
 type probe struct {
@@ -84,6 +92,9 @@ func Open(iface string, timeout time.Duration) (*Prober, error) {
 	if err := errors.Join(
 		unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifi.Index}),
 		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv),
+		// Our own probes would otherwise come back to the reader, one
+		// wake-up each (Linux 4.20 and later).
+		unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1),
 	); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("conflict detection: ARP socket on %s: %w", iface, err)
@@ -119,10 +130,11 @@ func (p *Prober) Run(ctx context.Context) {
 	}
 }
 
-// Probe finds out whether addr is in use and tells done, once. An address
-// found free moments ago is not probed again; a probe of an address
-// already in flight is shared.
-func (p *Prober) Probe(addr netip.Addr, done func(Result)) {
+// Probe finds out whether addr is in use and tells done, once: when a host
+// claims it, or when the timeout since the request that asked (since)
+// passes without an answer. An address found free moments ago is not
+// probed again; a probe of an address already in flight is shared.
+func (p *Prober) Probe(addr netip.Addr, since time.Time, done func(Result)) {
 	p.mu.Lock()
 	now := p.now()
 	if until, ok := p.free[addr]; ok {
@@ -140,7 +152,7 @@ func (p *Prober) Probe(addr netip.Addr, done func(Result)) {
 	}
 	// Go's timers wake up to a millisecond late on an idle process (its
 	// poller sleeps in whole milliseconds).
-	pr := &probe{addr: addr, deadline: now.Add(p.timeout - timerSlack), waiters: []func(Result){done}}
+	pr := &probe{addr: addr, deadline: since.Add(p.timeout - timerSlack), waiters: []func(Result){done}}
 	p.inflight[addr] = pr
 	p.queue = append(p.queue, pr)
 	first := len(p.queue) == 1
@@ -168,7 +180,7 @@ func (p *Prober) Forget(addr netip.Addr) {
 // client released it a moment ago.
 func (p *Prober) RememberFree(addr netip.Addr) {
 	p.mu.Lock()
-	p.free[addr] = p.now().Add(freshFor)
+	p.rememberFree(addr, p.now().Add(freshFor))
 	p.mu.Unlock()
 }
 
@@ -193,7 +205,7 @@ func (p *Prober) finish(addr netip.Addr, r Result) {
 	}
 	delete(p.inflight, addr)
 	if !r.InUse && r.Err == nil {
-		p.free[addr] = p.now().Add(freshFor)
+		p.rememberFree(addr, p.now().Add(freshFor))
 	}
 	p.mu.Unlock()
 	for _, w := range pr.waiters {
@@ -201,7 +213,13 @@ func (p *Prober) finish(addr netip.Addr, r Result) {
 	}
 }
 
-// expire ends the probes nobody answered, in the order they were sent.
+// tick is the shortest time between two rounds of ending probes: under
+// load one wake-up ends the probes of a couple of milliseconds, not one
+// probe each.
+const tick = 2 * time.Millisecond
+
+// expire ends the probes nobody answered, in the order they were sent, and
+// forgets free addresses whose time is up.
 func (p *Prober) expire(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -215,14 +233,13 @@ func (p *Prober) expire(ctx context.Context) {
 		}
 		next := time.Duration(-1)
 		if len(p.queue) > 0 {
-			next = p.queue[0].deadline.Sub(now)
+			next = max(p.queue[0].deadline.Sub(now), tick)
 		}
-		for addr, until := range p.free {
-			if len(p.free) < 4096 {
-				break // a small cache is cleaned by Probe alone
-			}
-			if now.After(until) {
-				delete(p.free, addr)
+		for len(p.freeOrder) > 0 && now.After(p.freeOrder[0].until) {
+			f := p.freeOrder[0]
+			p.freeOrder = p.freeOrder[1:]
+			if until, ok := p.free[f.addr]; ok && !until.After(f.until) {
+				delete(p.free, f.addr)
 			}
 		}
 		p.mu.Unlock()
@@ -239,6 +256,12 @@ func (p *Prober) expire(ctx context.Context) {
 		case <-p.wake:
 		}
 	}
+}
+
+// rememberFree records addr as free until until; with p.mu held.
+func (p *Prober) rememberFree(addr netip.Addr, until time.Time) {
+	p.free[addr] = until
+	p.freeOrder = append(p.freeOrder, freeUntil{addr: addr, until: until})
 }
 
 // send broadcasts an ARP probe for addr (RFC 5227 section 2.1.1).

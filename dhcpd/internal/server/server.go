@@ -49,7 +49,7 @@ type Deferrer interface {
 
 // Prober finds out whether an address is in use on the network (probe.Prober).
 type Prober interface {
-	Probe(ip netip.Addr, done func(probe.Result))
+	Probe(ip netip.Addr, since time.Time, done func(probe.Result))
 }
 
 // Options are the server's collaborators besides its chain.
@@ -182,7 +182,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			case r.msgType == dhcpv4.MessageTypeAck && req.MessageType() == dhcpv4.MessageTypeRequest:
 				later = append(later, r)
 				reqs = append(reqs, req)
-			case r.msgType == dhcpv4.MessageTypeOffer && s.probeFirst(r, received, 1):
+			case r.msgType == dhcpv4.MessageTypeOffer && s.probeFirst(r, received, received, 1):
 			default:
 				now = append(now, r)
 			}
@@ -209,9 +209,10 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // probeFirst starts the probe of the address OFFER r grants, when it needs
-// one, and tells whether it did; the OFFER goes out when the probe ends.
-// attempt counts the addresses probed for this DISCOVER.
-func (s *Server) probeFirst(r reply, received time.Time, attempt int) bool {
+// one, and tells whether it did; the OFFER goes out when the probe ends,
+// at most the probe timeout after since. attempt counts the addresses
+// probed for this DISCOVER.
+func (s *Server) probeFirst(r reply, received, since time.Time, attempt int) bool {
 	if s.opts.Prober == nil {
 		return false
 	}
@@ -219,7 +220,7 @@ func (s *Server) probeFirst(r reply, received time.Time, attempt int) bool {
 	if !ok {
 		return false
 	}
-	s.opts.Prober.Probe(ip, func(res probe.Result) { s.probed(r, ip, res, received, attempt) })
+	s.opts.Prober.Probe(ip, since, func(res probe.Result) { s.probed(r, ip, res, received, attempt) })
 	return true
 }
 
@@ -251,7 +252,8 @@ func (s *Server) probed(r reply, ip netip.Addr, res probe.Result, received time.
 			return
 		}
 		next := reply{req: r.req, msgType: resp.MessageType(), data: resp.ToBytes(), to: dest}
-		if next.msgType == dhcpv4.MessageTypeOffer && s.probeFirst(next, received, attempt+1) {
+		// The next address gets a whole timeout of its own.
+		if next.msgType == dhcpv4.MessageTypeOffer && s.probeFirst(next, received, time.Now(), attempt+1) {
 			return
 		}
 		r = next
