@@ -323,9 +323,6 @@ func (b *testBed) addClient(mac string) *client {
 const hookScript = `#!/bin/sh
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 event="${reason:-$1}"
-# Write, then rename: the test must never read a half-written event.
-env > "%s/.partial.$$"
-mv "%s/.partial.$$" "%s/$(date +%%s%%N)-$event"
 case "$event" in
 bound|renew)
 	ip addr flush dev "$interface"
@@ -339,6 +336,10 @@ BOUND|RENEW|REBIND|REBOOT)
 EXPIRE|FAIL|RELEASE|STOP)
 	[ "%s" = apply ] && ip addr flush dev "$interface" ;;
 esac
+# Recorded once applied, so a test that saw the event finds the address.
+# Write, then rename: the test must never read a half-written event.
+env > "%s/.partial.$$"
+mv "%s/.partial.$$" "%s/$(date +%%s%%N)-$event"
 exit 0
 `
 
@@ -351,7 +352,7 @@ func (c *client) hook(apply bool) string {
 	}
 	path := filepath.Join(c.dir, "hook-"+mode+".sh")
 	events := filepath.Join(c.dir, "events")
-	require.NoError(c.bed.t, os.WriteFile(path, []byte(fmt.Sprintf(hookScript, events, events, events, mode, mode)), 0o755))
+	require.NoError(c.bed.t, os.WriteFile(path, []byte(fmt.Sprintf(hookScript, mode, mode, events, events, events)), 0o755))
 	return path
 }
 
