@@ -25,6 +25,9 @@ type socket struct {
 	names []unix.RawSockaddrInet4
 }
 
+// receiveBuffer is the socket receive buffer hyperdhcpd asks for.
+const receiveBuffer = 4 << 20
+
 // mmsghdr is struct mmsghdr of recvmmsg(2) and sendmmsg(2).
 type mmsghdr struct {
 	hdr unix.Msghdr
@@ -56,7 +59,11 @@ func takeOver(conn net.PacketConn, timeout time.Duration) (*socket, error) {
 	}
 	_ = conn.Close()
 	tv := unix.NsecToTimeval(timeout.Nanoseconds())
-	if err := errors.Join(unix.SetNonblock(fd, false), unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)); err != nil {
+	if err := errors.Join(unix.SetNonblock(fd, false), unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv),
+		// The queue that absorbs a stall of the loop (a slow commit): the
+		// kernel grants at most net.core.rmem_max, doubled, which is twice
+		// its default.
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, receiveBuffer)); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("make the DHCP socket blocking: %w", err)
 	}
