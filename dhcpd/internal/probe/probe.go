@@ -46,6 +46,10 @@ const timerSlack = 2*time.Millisecond + tick
 // Prober probes addresses on one interface. Many probes run at once; each
 // caller is told once, on the prober's goroutine or at once from its cache.
 type Prober struct {
+	// fdMu keeps sends and the shutdown from reaching a descriptor Run has
+	// closed (and the kernel may have given to another file).
+	fdMu    sync.RWMutex
+	closed  bool
 	fd      int
 	ifindex int
 	hwaddr  net.HardwareAddr
@@ -69,6 +73,7 @@ type freeUntil struct {
 
 type probe struct {
 	addr     netip.Addr
+	sent     time.Time
 	deadline time.Time
 	waiters  []func(Result)
 }
@@ -114,8 +119,19 @@ func Open(iface string, timeout time.Duration) (*Prober, error) {
 // Run reads ARP packets and ends probes until ctx ends; it closes the
 // socket when it returns.
 func (p *Prober) Run(ctx context.Context) {
-	defer unix.Close(p.fd)
-	stop := context.AfterFunc(ctx, func() { _ = unix.Shutdown(p.fd, unix.SHUT_RD) })
+	defer func() {
+		p.fdMu.Lock()
+		p.closed = true
+		unix.Close(p.fd)
+		p.fdMu.Unlock()
+	}()
+	stop := context.AfterFunc(ctx, func() {
+		p.fdMu.RLock()
+		defer p.fdMu.RUnlock()
+		if !p.closed {
+			_ = unix.Shutdown(p.fd, unix.SHUT_RD)
+		}
+	})
 	defer stop()
 	go p.expire(ctx)
 	buf := make([]byte, 1500)
@@ -152,10 +168,16 @@ func (p *Prober) Probe(addr netip.Addr, since time.Time, done func(Result)) {
 	}
 	// Go's timers wake up to a millisecond late on an idle process (its
 	// poller sleeps in whole milliseconds).
-	pr := &probe{addr: addr, deadline: since.Add(p.timeout - timerSlack), waiters: []func(Result){done}}
+	pr := &probe{addr: addr, sent: now, deadline: since.Add(p.timeout - timerSlack), waiters: []func(Result){done}}
 	p.inflight[addr] = pr
-	p.queue = append(p.queue, pr)
-	first := len(p.queue) == 1
+	// In deadline order; nearly always at the tail (a retry's deadline can
+	// be later than the next batch's first probe).
+	i := len(p.queue)
+	for i > 0 && p.queue[i-1].deadline.After(pr.deadline) {
+		i--
+	}
+	p.queue = slices.Insert(p.queue, i, pr)
+	first := i == 0
 	p.mu.Unlock()
 	if first {
 		select {
@@ -164,7 +186,7 @@ func (p *Prober) Probe(addr netip.Addr, since time.Time, done func(Result)) {
 		}
 	}
 	if err := p.send(addr); err != nil {
-		p.finish(addr, Result{Err: fmt.Errorf("send ARP probe for %s: %w", addr, err)})
+		p.finish(pr, Result{Err: fmt.Errorf("send ARP probe for %s: %w", addr, err)})
 	}
 }
 
@@ -191,21 +213,26 @@ func (p *Prober) claimed(addr netip.Addr, sender net.HardwareAddr) {
 	}
 	p.mu.Lock()
 	delete(p.free, addr) // someone took it up since its probe
+	pr := p.inflight[addr]
 	p.mu.Unlock()
-	p.finish(addr, Result{InUse: true, MAC: slices.Clone(sender)})
+	if pr != nil {
+		p.finish(pr, Result{InUse: true, MAC: slices.Clone(sender)})
+	}
 }
 
-// finish ends the probe of addr with r and tells its waiters.
-func (p *Prober) finish(addr netip.Addr, r Result) {
+// finish ends probe pr with r and tells its waiters, unless it ended
+// already. A free result counts for freshFor only if the probe had most of
+// its time: one that started late in its window (a short timeout, a slow
+// batch) proves little.
+func (p *Prober) finish(pr *probe, r Result) {
 	p.mu.Lock()
-	pr := p.inflight[addr]
-	if pr == nil {
+	if p.inflight[pr.addr] != pr {
 		p.mu.Unlock()
 		return
 	}
-	delete(p.inflight, addr)
-	if !r.InUse && r.Err == nil {
-		p.rememberFree(addr, p.now().Add(freshFor))
+	delete(p.inflight, pr.addr)
+	if now := p.now(); !r.InUse && r.Err == nil && now.Sub(pr.sent) >= p.timeout/2 {
+		p.rememberFree(pr.addr, now.Add(freshFor))
 	}
 	p.mu.Unlock()
 	for _, w := range pr.waiters {
@@ -244,7 +271,7 @@ func (p *Prober) expire(ctx context.Context) {
 		}
 		p.mu.Unlock()
 		for _, pr := range due {
-			p.finish(pr.addr, Result{})
+			p.finish(pr, Result{})
 		}
 		if next >= 0 {
 			timer.Reset(next)
@@ -277,6 +304,11 @@ func (p *Prober) send(addr netip.Addr) error {
 	copy(pkt[24:28], target[:])
 	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: p.ifindex, Halen: 6,
 		Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
+	p.fdMu.RLock()
+	defer p.fdMu.RUnlock()
+	if p.closed {
+		return errors.New("the prober has stopped")
+	}
 	return unix.Sendto(p.fd, pkt[:], 0, to)
 }
 

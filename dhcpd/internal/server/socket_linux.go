@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -19,10 +20,14 @@ import (
 // system call after an idle moment. On a 2-core VM that churn was half the
 // context switches per exchange (issue 15).
 type socket struct {
-	fd    int
-	hdrs  []mmsghdr
-	iovs  []unix.Iovec
-	names []unix.RawSockaddrInet4
+	// mu keeps shutdown from reaching a descriptor close has released
+	// (and the kernel may have given to another file).
+	mu     sync.Mutex
+	closed bool
+	fd     int
+	hdrs   []mmsghdr
+	iovs   []unix.Iovec
+	names  []unix.RawSockaddrInet4
 }
 
 // receiveBuffer is the socket receive buffer hyperdhcpd asks for.
@@ -31,8 +36,7 @@ const receiveBuffer = 4 << 20
 // mmsghdr is struct mmsghdr of recvmmsg(2) and sendmmsg(2).
 type mmsghdr struct {
 	hdr unix.Msghdr
-	n   uint32
-	_   [4]byte
+	n   uint32 // Go pads the struct as C does, on every architecture
 }
 
 // takeOver returns conn's socket outside Go's poller and closes conn: the
@@ -144,6 +148,17 @@ func (s *socket) sendOne(packet []byte, to netip.AddrPort) error {
 }
 
 // shutdown wakes a receive in progress.
-func (s *socket) shutdown() { _ = unix.Shutdown(s.fd, unix.SHUT_RD) }
+func (s *socket) shutdown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		_ = unix.Shutdown(s.fd, unix.SHUT_RD)
+	}
+}
 
-func (s *socket) close() error { return unix.Close(s.fd) }
+func (s *socket) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return unix.Close(s.fd)
+}

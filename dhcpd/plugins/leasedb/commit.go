@@ -242,6 +242,11 @@ func (c *committer) write() error {
 		c.failing.attempts++
 	}
 	c.waiters = c.release(upTo, err)
+	if health != nil {
+		// Nobody waits out a fault: those whose changes came after this
+		// batch learn of it now too (the retries are the background's).
+		c.waiters = c.release(c.appended, health)
+	}
 	c.writing = false
 	// Whatever was appended meanwhile, a failure to retry or a close is the
 	// background writer's.
