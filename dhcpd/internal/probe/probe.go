@@ -190,14 +190,6 @@ func (p *Prober) Probe(addr netip.Addr, since time.Time, done func(Result)) {
 	}
 }
 
-// Forget drops what the prober remembers of addr (a quarantine ended, or
-// the address was just released and counts as free).
-func (p *Prober) Forget(addr netip.Addr) {
-	p.mu.Lock()
-	delete(p.free, addr)
-	p.mu.Unlock()
-}
-
 // RememberFree records addr as free without a probe, for freshFor: its
 // client released it a moment ago.
 func (p *Prober) RememberFree(addr netip.Addr) {

@@ -15,7 +15,6 @@ const (
 	DropMalformed     = "malformed_packet"
 	DropNotARequest   = "not_a_boot_request"
 	DropUnhandledType = "unhandled_message_type"
-	DropQueueFull     = "queue_full"
 	DropHandlerPanic  = "handler_panic"
 	DropSendFailed    = "send_failed"
 	// DropAddressesInUse: every address probed for a DISCOVER was in use.

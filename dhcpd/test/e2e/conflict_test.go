@@ -12,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
@@ -67,20 +66,8 @@ func TestAddressInUseIsNeverOffered(t *testing.T) {
 	for _, sq := range squatters {
 		assert.Equal(t, leasedb.StateDeclined, b.leases()[mustAddr(t, sq.ip)].State, "%s is quarantined like a declined address", sq.ip)
 		assert.Contains(t, string(log), sq.mac)
-		assert.Eventually(t, func() bool {
-			var events corev1.EventList
-			if err := k8s.List(ctx, &events, crclient.InNamespace("vms")); err != nil {
-				return false
-			}
-			for _, e := range events.Items {
-				if e.InvolvedObject.Kind == "Server" && e.InvolvedObject.Name == "lab" && e.InvolvedObject.UID == server.UID &&
-					e.Type == corev1.EventTypeWarning && e.Reason == "AddressInUse" &&
-					strings.Contains(e.Message, sq.ip) && strings.Contains(e.Message, sq.mac) {
-					return true
-				}
-			}
-			return false
-		}, 15*time.Second, 200*time.Millisecond, "an AddressInUse Event on the Server for %s", sq.ip)
+		assertEventOn(t, k8s, corev1.ObjectReference{Kind: "Server", Name: "lab", UID: server.UID},
+			corev1.EventTypeWarning, "AddressInUse", sq.ip+" is in use on the network by "+sq.mac)
 	}
 
 	// The squatters leave; once the quarantine ends their addresses are

@@ -250,19 +250,27 @@ func TestVMsOfAConsentingNamespaceWithLeastPrivilege(t *testing.T) {
 // assertEvent waits for an Event on the VMI vms/name.
 func assertEvent(t *testing.T, k8s crclient.Client, name, eventType, reason, message string) {
 	t.Helper()
+	assertEventOn(t, k8s, corev1.ObjectReference{Kind: "VirtualMachineInstance", Name: name}, eventType, reason, message)
+}
+
+// assertEventOn waits for an Event in namespace vms about the object
+// named by involved (its UID too, when set) whose message contains message.
+func assertEventOn(t *testing.T, k8s crclient.Client, involved corev1.ObjectReference, eventType, reason, message string) {
+	t.Helper()
 	assert.Eventually(t, func() bool {
 		var events corev1.EventList
 		if err := k8s.List(context.Background(), &events, crclient.InNamespace("vms")); err != nil {
 			return false
 		}
 		for _, e := range events.Items {
-			if e.InvolvedObject.Kind == "VirtualMachineInstance" && e.InvolvedObject.Name == name &&
+			if e.InvolvedObject.Kind == involved.Kind && e.InvolvedObject.Name == involved.Name &&
+				(involved.UID == "" || e.InvolvedObject.UID == involved.UID) &&
 				e.Type == eventType && e.Reason == reason && strings.Contains(e.Message, message) {
 				return true
 			}
 		}
 		return false
-	}, 15*time.Second, 200*time.Millisecond, "no %s %s Event on VMI %s", eventType, reason, name)
+	}, 15*time.Second, 200*time.Millisecond, "no %s %s Event on %s %s", eventType, reason, involved.Kind, involved.Name)
 }
 
 // forwardAPIServer makes the API server on this host's loopback reachable
