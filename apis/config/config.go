@@ -4,10 +4,13 @@
 package config
 
 import (
+	"bytes"
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -85,7 +88,20 @@ type Kubernetes struct {
 	// kept before its addresses are free again, so that a delete and
 	// recreate keeps them. Defaults to 5m.
 	VMDeletionGrace *metav1.Duration `json:"vmDeletionGrace,omitempty"`
+
+	// ServerGeneration is the metadata.generation of the Server this file
+	// was rendered from: hyperdhcpd reports it as status.served.generation.
+	ServerGeneration int64 `json:"serverGeneration,omitempty"`
+
+	// ConfigMap names the ConfigMap (in ServerNamespace) this file is
+	// mounted from, under the key ConfigMapKey. hyperdhcpd watches it to
+	// apply edits within a second instead of when the kubelet refreshes
+	// the file. Empty: only the file is watched.
+	ConfigMap string `json:"configMap,omitempty"`
 }
+
+// ConfigMapKey is the key of the configuration in its ConfigMap.
+const ConfigMapKey = "hyperdhcpd.yaml"
 
 // Load reads and decodes the file at path (see Parse); it neither defaults
 // nor validates, so that flag overrides can come first.
@@ -169,6 +185,91 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("invalid config: %w", errs.ToAggregate())
 	}
 	return nil
+}
+
+// Generation is the Server generation the configuration was rendered
+// from; 0 outside Kubernetes.
+func (c *Config) Generation() int64 {
+	if c.Kubernetes == nil {
+		return 0
+	}
+	return c.Kubernetes.ServerGeneration
+}
+
+// RestartOnly returns a copy of c without the settings hyperdhcpd applies
+// while it runs: what is left takes a restart to change. The operator
+// hashes it into the pod template, so that only such an edit rolls the pod.
+//
+// Live are the Server spec's pools, exclusions, reservations, lease time,
+// client identity, KubeVirt settings and every option sent to clients.
+// Restart-only are the server's address and network, conflict detection
+// (it changes the pod's capabilities), and every daemon setting.
+func (c *Config) RestartOnly() *Config {
+	out := *c
+	spec := c.Server.DeepCopy()
+	spec.Pools, spec.Exclude, spec.Reservations, spec.LeaseTime = nil, nil, nil, nil
+	spec.IdentifyClientsBy, spec.KubeVirt = "", nil
+	spec.Router, spec.DNS, spec.DomainName, spec.DomainSearch, spec.NTP, spec.MTU = "", nil, "", nil, nil, nil
+	spec.StaticRoutes, spec.BootFile, spec.NextServer, spec.Options = nil, "", "", nil
+	out.Server = *spec
+	if c.Kubernetes != nil {
+		k := *c.Kubernetes
+		k.ServerGeneration = 0
+		out.Kubernetes = &k
+	}
+	return &out
+}
+
+// RestartFields names the settings that differ between c and next and take
+// a restart to change (see RestartOnly), such as "server.serverIP" or
+// "port"; nil when next can be applied live.
+func (c *Config) RestartFields(next *Config) ([]string, error) {
+	before, err := fieldsOf(c.RestartOnly())
+	if err != nil {
+		return nil, err
+	}
+	after, err := fieldsOf(next.RestartOnly())
+	if err != nil {
+		return nil, err
+	}
+	var changed []string
+	for name, value := range after {
+		if !bytes.Equal(before[name], value) {
+			changed = append(changed, name)
+		}
+	}
+	for name := range before {
+		if _, ok := after[name]; !ok {
+			changed = append(changed, name)
+		}
+	}
+	slices.Sort(changed)
+	return changed, nil
+}
+
+// fieldsOf flattens c's JSON form one level into the server spec and the
+// kubernetes settings: "port", "server.serverIP", "kubernetes.kubeconfig".
+func fieldsOf(c *Config) (map[string]json.RawMessage, error) {
+	data, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("compare configurations: %w", err)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(data, &top); err != nil {
+		return nil, fmt.Errorf("compare configurations: %w", err)
+	}
+	fields := map[string]json.RawMessage{}
+	for name, value := range top {
+		var nested map[string]json.RawMessage
+		if (name == "server" || name == "kubernetes") && json.Unmarshal(value, &nested) == nil {
+			for sub, v := range nested {
+				fields[name+"."+sub] = v
+			}
+			continue
+		}
+		fields[name] = value
+	}
+	return fields, nil
 }
 
 // Marshal renders the configuration as YAML.

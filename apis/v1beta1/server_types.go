@@ -42,6 +42,8 @@ type DNSName string
 // +kubebuilder:printcolumn:name="Server IP",type=string,JSONPath=`.spec.serverIP`
 // +kubebuilder:printcolumn:name="Used",type=integer,JSONPath=`.status.pool.used`
 // +kubebuilder:printcolumn:name="Free",type=integer,JSONPath=`.status.pool.free`
+// +kubebuilder:printcolumn:name="Generation",type=integer,JSONPath=`.metadata.generation`
+// +kubebuilder:printcolumn:name="Served",type=integer,JSONPath=`.status.served.generation`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=10
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
@@ -500,6 +502,32 @@ type ServerStatus struct {
 	// (reason LeaseStorageUnavailable) and an Event.
 	// +optional
 	LeaseStorage *LeaseStorageStatus `json:"leaseStorage,omitempty"`
+
+	// served is hyperdhcpd's report of the spec it serves. An edit of a
+	// field that applies live is served once served.generation reaches
+	// metadata.generation, without a restart; an edit of another field
+	// (serverIP, networkAttachment, conflictDetection, storage and the pod's
+	// settings) is served by the pod that replaces it.
+	// +optional
+	Served *ServedStatus `json:"served,omitempty"`
+}
+
+// ServedStatus is the spec generation hyperdhcpd serves, and the last one it
+// refused.
+type ServedStatus struct {
+	// generation is the metadata.generation of the spec hyperdhcpd serves.
+	Generation int64 `json:"generation"`
+	// since is when hyperdhcpd started serving it.
+	Since metav1.Time `json:"since"`
+	// refusedGeneration is a newer generation hyperdhcpd could not apply,
+	// and refusedMessage says why; both are cleared when a later one is
+	// applied. The operator turns a refusal into Degraded (reason
+	// SpecRefused) and an Event.
+	// +optional
+	RefusedGeneration int64 `json:"refusedGeneration,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	RefusedMessage string `json:"refusedMessage,omitempty"`
 }
 
 // LeaseStorageStatus is whether hyperdhcpd can write its lease database.
@@ -562,6 +590,12 @@ const (
 	// database (status.leaseStorage says why), so it acknowledges no
 	// REQUEST; renewals and new clients wait until writes succeed again.
 	ReasonLeaseStorageUnavailable = "LeaseStorageUnavailable"
+	// ReasonApplying: hyperdhcpd serves an older generation of the spec than
+	// metadata.generation; a live edit usually takes it a second or two.
+	ReasonApplying = "Applying"
+	// ReasonSpecRefused: hyperdhcpd could not apply a new spec
+	// (status.served says why) and serves the one before it.
+	ReasonSpecRefused = "SpecRefused"
 )
 
 // ServerList is a list of Servers.

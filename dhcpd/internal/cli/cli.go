@@ -133,9 +133,8 @@ func leaseFlags() []cli.Flag {
 // loadConfig reads the configuration file and applies flag and environment
 // overrides, then defaults; it does not validate.
 func loadConfig(c *cli.Context) (*config.Config, error) {
-	path := c.String(flagConfig)
-	if path == "" {
-		path = config.DefaultFile
+	path := configPath(c)
+	if c.String(flagConfig) == "" {
 		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 			return nil, config.ErrNoConfig
 		}
@@ -164,6 +163,14 @@ func loadConfig(c *cli.Context) (*config.Config, error) {
 	}
 	cfg.SetDefaults()
 	return cfg, nil
+}
+
+// configPath is the configuration file named, or the default one.
+func configPath(c *cli.Context) string {
+	if path := c.String(flagConfig); path != "" {
+		return path
+	}
+	return config.DefaultFile
 }
 
 func check(c *cli.Context) error {
@@ -204,7 +211,7 @@ func serve(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return daemon.Run(ctx, cfg, log)
+	return daemon.Run(ctx, cfg, configPath(c), log)
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

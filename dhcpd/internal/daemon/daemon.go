@@ -10,11 +10,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/coredhcp/coredhcp/handler"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -49,8 +51,10 @@ func Preflight(cfg *config.Config) error {
 	return nil
 }
 
-// Run serves DHCP until ctx ends.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+// Run serves DHCP until ctx ends. cfg is the configuration read from the
+// file at path (with the command line's overrides); edits of the file, and
+// of its ConfigMap in Kubernetes, are applied while serving (reloader).
+func Run(ctx context.Context, cfg *config.Config, path string, log *slog.Logger) error {
 	if err := Preflight(cfg); err != nil {
 		return err
 	}
@@ -107,37 +111,46 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer stopHTTP()
 
-	opts, err := leasedb.OptionsFromSpec(&cfg.Server)
-	if err != nil {
-		store.Close()
-		return err
-	}
-	opts.Store, opts.Logger, opts.Observer = store, log, metrics
-	opts.OfferHold, opts.DeclineProbation = cfg.OfferHold.Duration, cfg.DeclineProbation.Duration
 	storageChanged := make(chan struct{}, 1)
-	opts.OnStorageFault = func(error) {
-		select {
-		case storageChanged <- struct{}{}:
-		default:
+	// leaseOptions are the lease database's options for a configuration
+	// and the VM watch that serves it; Reconfigure reads the live ones.
+	leaseOptions := func(cfg *config.Config, vms *vmWatch) (leasedb.Options, error) {
+		opts, err := leasedb.OptionsFromSpec(&cfg.Server)
+		if err != nil {
+			return opts, err
 		}
+		opts.Store, opts.Logger, opts.Observer = store, log, metrics
+		opts.OfferHold, opts.DeclineProbation = cfg.OfferHold.Duration, cfg.DeclineProbation.Duration
+		opts.OnStorageFault = func(error) {
+			select {
+			case storageChanged <- struct{}{}:
+			default:
+			}
+		}
+		if vms != nil {
+			opts.Resolver, opts.OnlyKnown = vms.index, *cfg.Server.KubeVirt.OnlyKnownVMs
+			opts.ResolverStale = func() bool { return vms.watcher.Degraded() != "" }
+			opts.Notify = func(e leasedb.LeaseEvent) {
+				if e.Reason == leasedb.EventPinUnusable {
+					metrics.PinsRefused(1)
+					log.Warn("pinned address refused; the VM is served from the pool", "vm", e.Key, "pin", e.IP)
+				}
+				vms.reporter.LeaseEvent(e)
+			}
+		}
+		return opts, nil
 	}
 	vms, err := watchVMs(ctx, cfg, metrics, log)
 	if err != nil {
 		store.Close()
 		return err
 	}
-	if vms != nil {
-		vmsRef.Store(vms)
-		opts.Resolver, opts.OnlyKnown = vms.index, *cfg.Server.KubeVirt.OnlyKnownVMs
-		opts.ResolverStale = func() bool { return vms.watcher.Degraded() != "" }
-		opts.Notify = func(e leasedb.LeaseEvent) {
-			if e.Reason == leasedb.EventPinUnusable {
-				metrics.PinsRefused(1)
-				log.Warn("pinned address refused; the VM is served from the pool", "vm", e.Key, "pin", e.IP)
-			}
-			vms.reporter.LeaseEvent(e)
-		}
-		defer vms.reporter.Close()
+	vmsRef.Store(vms)
+	defer func() { vmsRef.Load().stop() }()
+	opts, err := leaseOptions(cfg, vms)
+	if err != nil {
+		store.Close()
+		return err
 	}
 	loadStart := time.Now()
 	db, err := leasedb.New(ctx, opts)
@@ -148,12 +161,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer db.Close()
 	dbRef.Store(db)
 	log.Info("leases loaded", "took", time.Since(loadStart), "pool", db.Stats())
-	if vms != nil {
-		vms.watcher.OnVMGone(func(namespace, name string) {
-			n := db.ReleaseKeys(leasedb.VMKeyPrefix + namespace + "/" + name + "/")
-			log.Info("VM deleted: its leases are free again", "vm", namespace+"/"+name, "leases", n)
-		})
-	}
+	vms.releaseDeletedVMs(db, log)
 
 	probing := *cfg.Server.ConflictDetection.Enabled
 	deferred := db.Deferred(probing)
@@ -184,6 +192,43 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	srv := server.New(conn, chain, srvOpts, metrics, log)
 	srvRef.Store(srv)
 
+	// An edit: a new chain and lease options, and a new VM watch when the
+	// KubeVirt settings changed (synced before the swap, so no VM goes
+	// unknown), swapped in between two packets.
+	apply := func(next *config.Config) error {
+		current := vmsRef.Load()
+		nextVMs := current
+		var err error
+		if vmSettingsChanged(current, next) {
+			if nextVMs, err = watchVMs(ctx, next, metrics, log); err != nil {
+				return err
+			}
+		}
+		opts, err := leaseOptions(next, nextVMs)
+		if err == nil {
+			var chain []handler.Handler4
+			if chain, err = server.BuildChain(&next.Server, deferred.Handler4); err == nil {
+				err = srv.Reconfigure(func() ([]handler.Handler4, error) { return chain, db.Reconfigure(opts) })
+			}
+		}
+		if nextVMs == current {
+			return err
+		}
+		if err != nil {
+			nextVMs.stop()
+			return err
+		}
+		nextVMs.releaseDeletedVMs(db, log)
+		vmsRef.Store(nextVMs)
+		current.stop()
+		return nil
+	}
+	reload, err := newReloader(path, cfg, apply, metrics, log)
+	if err != nil {
+		return err
+	}
+	go reload.pollFile(ctx)
+
 	go func() {
 		ticker := time.NewTicker(reclaimInterval)
 		defer ticker.Stop()
@@ -200,10 +245,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}()
 
 	if k := cfg.Kubernetes; k != nil {
-		startStatusReporter(ctx, k, db.Stats, db.StorageFault, storageChanged, log)
+		startStatusReporter(ctx, k, db.Stats, db.StorageFault, storageChanged, reload, log)
 	}
 
-	log.Info("serving DHCP", "interface", cfg.Interface, "port", cfg.Port, "server", cfg.Server.ServerIP, "metrics", cfg.MetricsAddress)
+	log.Info("serving DHCP", "interface", cfg.Interface, "port", cfg.Port, "server", cfg.Server.ServerIP,
+		"generation", cfg.Generation(), "metrics", cfg.MetricsAddress)
 	ready.Store(true)
 	err = srv.Serve(ctx)
 	ready.Store(false)
@@ -211,22 +257,78 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return err
 }
 
+// vmSettingsChanged tells whether next needs another VM watch than current
+// (nil: none) serves: VM awareness turned on or off, or other namespaces.
+// onlyKnownVMs is the lease database's and needs none.
+func vmSettingsChanged(current *vmWatch, next *config.Config) bool {
+	wanted := vmAware(next)
+	if (current != nil) != wanted {
+		return true
+	}
+	if !wanted {
+		return false
+	}
+	return !slices.Equal(current.namespaces, vmNamespaces(next))
+}
+
 // vmWatch is the kubevirt plugin's state: the index packets read and the
 // watcher that keeps it current.
 type vmWatch struct {
-	index    *kubevirt.Index
-	watcher  *kubevirt.Watcher
-	reporter *kubevirt.Reporter
+	index      *kubevirt.Index
+	watcher    *kubevirt.Watcher
+	reporter   *kubevirt.Reporter
+	namespaces []string
+	cancel     context.CancelFunc
+}
+
+// stop ends the watch; a nil watch is none.
+func (vms *vmWatch) stop() {
+	if vms == nil {
+		return
+	}
+	vms.cancel()
+	vms.reporter.Close()
+}
+
+// releaseDeletedVMs frees a deleted VM's leases when the watch says it is
+// gone for good.
+func (vms *vmWatch) releaseDeletedVMs(db *leasedb.LeaseDB, log *slog.Logger) {
+	if vms == nil {
+		return
+	}
+	vms.watcher.OnVMGone(func(namespace, name string) {
+		n := db.ReleaseKeys(leasedb.VMKeyPrefix + namespace + "/" + name + "/")
+		log.Info("VM deleted: its leases are free again", "vm", namespace+"/"+name, "leases", n)
+	})
+}
+
+// vmAware tells whether cfg serves KubeVirt VMs.
+func vmAware(cfg *config.Config) bool {
+	kv := cfg.Server.KubeVirt
+	return cfg.Kubernetes != nil && kv != nil && kv.Enabled != nil && *kv.Enabled
+}
+
+// vmNamespaces are the namespaces cfg reads VMs in.
+func vmNamespaces(cfg *config.Config) []string {
+	server := &hyperdhcpv1beta1.Server{Spec: cfg.Server}
+	server.Namespace = cfg.Kubernetes.ServerNamespace
+	return server.KubeVirtNamespaces()
 }
 
 // watchVMs starts the kubevirt plugin when the Server is VM-aware and
 // hyperdhcpd talks to Kubernetes; nil otherwise. Only a configuration
 // error is returned: an unreachable API leaves the watcher trying.
-func watchVMs(ctx context.Context, cfg *config.Config, metrics *server.Metrics, log *slog.Logger) (*vmWatch, error) {
-	k, kv := cfg.Kubernetes, cfg.Server.KubeVirt
-	if k == nil || kv == nil || kv.Enabled == nil || !*kv.Enabled {
+func watchVMs(ctx context.Context, cfg *config.Config, metrics *server.Metrics, log *slog.Logger) (_ *vmWatch, err error) {
+	if !vmAware(cfg) {
 		return nil, nil
 	}
+	k := cfg.Kubernetes
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			cancel()
+		}
+	}()
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubevirt: %w", err)
@@ -257,14 +359,14 @@ func watchVMs(ctx context.Context, cfg *config.Config, metrics *server.Metrics, 
 	} else {
 		log.Warn("KubeVirt objects not listed yet: serving the VMs the lease database knows until they are", "reason", watcher.Degraded())
 	}
-	return &vmWatch{index: index, watcher: watcher, reporter: reporter}, nil
+	return &vmWatch{index: index, watcher: watcher, reporter: reporter, namespaces: server.KubeVirtNamespaces(), cancel: cancel}, nil
 }
 
 // startStatusReporter keeps the Server's status.pool and
 // status.leaseStorage current. Without an API server hyperdhcpd still
 // serves DHCP: problems are logged, not fatal.
 func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func() leasedb.Stats, storage func() (time.Time, error),
-	storageChanged <-chan struct{}, log *slog.Logger) {
+	storageChanged <-chan struct{}, reload *reloader, log *slog.Logger) {
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
 		log.Error("not reporting pool usage to Kubernetes", "error", err)
@@ -276,7 +378,13 @@ func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func()
 		return
 	}
 	reporter.WatchStorage(storage, storageChanged)
+	reporter.WatchServed(reload.served, reload.changed)
 	go reporter.Run(ctx)
+	if k.ConfigMap != "" {
+		if err := reload.watchConfigMap(ctx, restConfig, k); err != nil {
+			log.Error("edits arrive when the kubelet refreshes the mounted file", "error", err)
+		}
+	}
 }
 
 // conflictEvents returns what records an Event on the Server for each

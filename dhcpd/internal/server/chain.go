@@ -5,96 +5,134 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"sync"
 
 	"github.com/coredhcp/coredhcp/handler"
-	"github.com/coredhcp/coredhcp/plugins"
-	"github.com/coredhcp/coredhcp/plugins/dns"
-	"github.com/coredhcp/coredhcp/plugins/mtu"
-	"github.com/coredhcp/coredhcp/plugins/netmask"
-	"github.com/coredhcp/coredhcp/plugins/router"
-	"github.com/coredhcp/coredhcp/plugins/searchdomains"
-	"github.com/coredhcp/coredhcp/plugins/serverid"
-	"github.com/coredhcp/coredhcp/plugins/staticroute"
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/rfc1035label"
 
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/extraopts"
 )
 
-// CoreDHCP's stock plugins keep their settings in package variables (and
-// some append on every setup), so their chain can be built once per process.
-var stockChainBuilt sync.Mutex
-
-// step is one plugin of the chain with the arguments it is set up with.
-type step struct {
-	plugin plugins.Plugin
-	args   []string
-}
-
-// BuildChain returns the plugin chain for spec, in the order the plugins
-// must run: server_id first (every reply carries option 54), then the
-// allocating plugin, which decides whether to answer at all, then the
-// option plugins, which only decorate replies that will be sent.
+// BuildChain returns the plugin chain for spec, in the order the steps
+// must run: the server identifier first (every reply carries option 54),
+// then the allocating plugin, which decides whether to answer at all, then
+// the options, which only decorate replies that will be sent.
 //
-// It may be called once per process; a second call returns an error.
+// The options are a pure function of spec held by the chain, not CoreDHCP's
+// stock option plugins, whose settings are package variables: a chain can
+// be built again for an edited spec and swapped in while the old one still
+// answers (Server.Reconfigure). The steps do what the stock plugins
+// serverid, netmask, router, dns, mtu, searchdomains and staticroute do.
 func BuildChain(spec *hyperdhcpv1beta1.ServerSpec, allocate handler.Handler4) ([]handler.Handler4, error) {
-	if !stockChainBuilt.TryLock() {
-		return nil, fmt.Errorf("the plugin chain was already built in this process")
-	}
-	server, err := netip.ParsePrefix(string(spec.ServerIP))
-	if err != nil {
-		return nil, fmt.Errorf("server IP: %w", err)
-	}
-
-	before := []step{{serverid.Plugin, []string{server.Addr().String()}}}
-	after := []step{{netmask.Plugin, []string{net.IP(net.CIDRMask(server.Bits(), 32)).String()}}}
-	if spec.Router != "" {
-		after = append(after, step{router.Plugin, []string{string(spec.Router)}})
-	}
-	if len(spec.DNS) > 0 {
-		after = append(after, step{dns.Plugin, stringsOf(spec.DNS)})
-	}
-	if spec.MTU != nil {
-		after = append(after, step{mtu.Plugin, []string{fmt.Sprint(*spec.MTU)}})
-	}
-	if len(spec.DomainSearch) > 0 {
-		after = append(after, step{searchdomains.Plugin, stringsOf(spec.DomainSearch)})
-	}
-	if len(spec.StaticRoutes) > 0 {
-		var routes []string
-		if spec.Router != "" && !slices.ContainsFunc(spec.StaticRoutes, isDefaultRoute) {
-			// A client that takes option 121 ignores option 3 (RFC 3442):
-			// without this route it would have no default gateway.
-			routes = append(routes, "0.0.0.0/0,"+string(spec.Router))
-		}
-		for _, r := range spec.StaticRoutes {
-			routes = append(routes, string(r.Destination)+","+string(r.Gateway))
-		}
-		after = append(after, step{staticroute.Plugin, routes})
-	}
-
-	var chain []handler.Handler4
-	for _, s := range before {
-		h, err := s.plugin.Setup4(s.args...)
-		if err != nil {
-			return nil, fmt.Errorf("set up plugin %s: %w", s.plugin.Name, err)
-		}
-		chain = append(chain, h)
-	}
-	chain = append(chain, allocate)
-	for _, s := range after {
-		h, err := s.plugin.Setup4(s.args...)
-		if err != nil {
-			return nil, fmt.Errorf("set up plugin %s: %w", s.plugin.Name, err)
-		}
-		chain = append(chain, h)
-	}
-	extra, err := extraOptions(spec)
+	opts, err := replyOptionsFor(spec)
 	if err != nil {
 		return nil, err
 	}
-	return append(chain, extra.Handler4), nil
+	return []handler.Handler4{opts.identify, allocate, opts.decorate}, nil
+}
+
+// replyOptions are the options of one spec that every answer carries.
+type replyOptions struct {
+	serverID net.IP
+	netmask  net.IPMask
+	router   []net.IP
+	dns      []net.IP
+	mtu      []byte
+	search   *rfc1035label.Labels
+	routes   dhcpv4.Routes
+	extra    *extraopts.Extra
+}
+
+func replyOptionsFor(spec *hyperdhcpv1beta1.ServerSpec) (*replyOptions, error) {
+	server, err := netip.ParsePrefix(string(spec.ServerIP))
+	if err != nil || !server.Addr().Is4() {
+		return nil, fmt.Errorf("serverIP %q: not an IPv4 address with a prefix length", spec.ServerIP)
+	}
+	o := &replyOptions{
+		serverID: net.IP(server.Addr().AsSlice()),
+		netmask:  net.CIDRMask(server.Bits(), 32),
+	}
+	if spec.Router != "" {
+		router, err := hyperdhcpv1beta1.ParseIPv4(spec.Router)
+		if err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+		o.router = []net.IP{net.IP(router.AsSlice())}
+	}
+	for _, s := range spec.DNS {
+		a, err := hyperdhcpv1beta1.ParseIPv4(s)
+		if err != nil {
+			return nil, fmt.Errorf("dns: %w", err)
+		}
+		o.dns = append(o.dns, net.IP(a.AsSlice()))
+	}
+	if spec.MTU != nil {
+		o.mtu = dhcpv4.Uint16(*spec.MTU).ToBytes()
+	}
+	if len(spec.DomainSearch) > 0 {
+		o.search = &rfc1035label.Labels{Labels: stringsOf(spec.DomainSearch)}
+	}
+	if len(spec.StaticRoutes) > 0 {
+		if len(o.router) > 0 && !slices.ContainsFunc(spec.StaticRoutes, isDefaultRoute) {
+			// A client that takes option 121 ignores option 3 (RFC 3442):
+			// without this route it would have no default gateway.
+			o.routes = append(o.routes, &dhcpv4.Route{Dest: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, Router: o.router[0]})
+		}
+		for _, r := range spec.StaticRoutes {
+			dest, err := netip.ParsePrefix(string(r.Destination))
+			if err != nil || !dest.Addr().Is4() {
+				return nil, fmt.Errorf("staticRoutes: destination %q is not an IPv4 prefix", r.Destination)
+			}
+			gateway, err := hyperdhcpv1beta1.ParseIPv4(r.Gateway)
+			if err != nil {
+				return nil, fmt.Errorf("staticRoutes: gateway: %w", err)
+			}
+			dest = dest.Masked()
+			o.routes = append(o.routes, &dhcpv4.Route{
+				Dest:   &net.IPNet{IP: net.IP(dest.Addr().AsSlice()), Mask: net.CIDRMask(dest.Bits(), 32)},
+				Router: net.IP(gateway.AsSlice()),
+			})
+		}
+	}
+	if o.extra, err = extraOptions(spec); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// identify sets the server identifier (option 54 and siaddr), and drops a
+// request addressed (siaddr) to another server.
+func (o *replyOptions) identify(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
+	if req.ServerIPAddr != nil && !req.ServerIPAddr.IsUnspecified() && !req.ServerIPAddr.Equal(o.serverID) {
+		return nil, true
+	}
+	resp.ServerIPAddr = slices.Clone(o.serverID)
+	resp.UpdateOption(dhcpv4.OptServerIdentifier(o.serverID))
+	return resp, false
+}
+
+// decorate adds the options of an OFFER or ACK; DNS servers, the MTU and
+// the spec's extra options only when the client asks for them, the way
+// the stock plugins did.
+func (o *replyOptions) decorate(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
+	resp.UpdateOption(dhcpv4.OptSubnetMask(o.netmask))
+	if len(o.router) > 0 {
+		resp.UpdateOption(dhcpv4.OptRouter(o.router...))
+	}
+	if len(o.dns) > 0 && req.IsOptionRequested(dhcpv4.OptionDomainNameServer) {
+		resp.UpdateOption(dhcpv4.OptDNS(o.dns...))
+	}
+	if o.mtu != nil && req.IsOptionRequested(dhcpv4.OptionInterfaceMTU) {
+		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionInterfaceMTU, o.mtu))
+	}
+	if o.search != nil {
+		resp.UpdateOption(dhcpv4.OptDomainSearch(o.search))
+	}
+	if len(o.routes) > 0 {
+		resp.UpdateOption(dhcpv4.Option{Code: dhcpv4.OptionClasslessStaticRoute, Value: o.routes})
+	}
+	return o.extra.Handler4(req, resp)
 }
 
 func extraOptions(spec *hyperdhcpv1beta1.ServerSpec) (*extraopts.Extra, error) {

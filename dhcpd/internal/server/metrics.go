@@ -37,6 +37,9 @@ type Metrics struct {
 	storageFaults  prometheus.Counter
 	conflicts      prometheus.Counter
 	probes         *prometheus.CounterVec
+	// servedGeneration and configChanges tell when an edit is live.
+	servedGeneration prometheus.Gauge
+	configChanges    *prometheus.CounterVec
 }
 
 // NewMetrics registers every metric; pool reports the pool usage on scrape.
@@ -87,18 +90,33 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 			Name: "hyperdhcpd_address_conflicts_total",
 			Help: "Addresses found in use on the network by a probe before an OFFER, and quarantined.",
 		}),
+		servedGeneration: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hyperdhcpd_config_generation",
+			Help: "The metadata.generation of the Server spec being served (0 outside Kubernetes).",
+		}),
+		configChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hyperdhcpd_config_changes_total",
+			Help: "Edited configurations seen while serving, by outcome (applied, refused, restart_required).",
+		}, []string{"result"}),
 		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hyperdhcpd_probes_total", Help: "Probes of an address before an OFFER, by result (free, in_use, error).",
 		}, []string{"result"}),
 	}
 	m.storageUp.Set(1)
 	poolDesc := prometheus.NewDesc("hyperdhcpd_pool_addresses", "Addresses of all pools, by state.", []string{"state"}, nil)
-	m.Registry.MustRegister(m.received, m.sent, m.dropped, m.refused, m.pinsRefused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors, m.storageUp, m.storageFaults,
+	m.Registry.MustRegister(m.servedGeneration, m.configChanges, m.received, m.sent, m.dropped, m.refused, m.pinsRefused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors, m.storageUp, m.storageFaults,
 		m.conflicts, m.probes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		poolCollector{desc: poolDesc, stats: pool})
 	return m
 }
+
+// Serving records the Server generation now served.
+func (m *Metrics) Serving(generation int64) { m.servedGeneration.Set(float64(generation)) }
+
+// ConfigChange counts an edited configuration by outcome: applied,
+// refused or restart_required.
+func (m *Metrics) ConfigChange(result string) { m.configChanges.WithLabelValues(result).Inc() }
 
 // Dropped implements leasedb.Observer.
 func (m *Metrics) Dropped(reason string) { m.dropped.WithLabelValues(reason).Inc() }

@@ -82,7 +82,10 @@ const maxProbes = 3
 // prober's goroutine when the probe ends, so a probe never holds the loop.
 // A plugin or a disk that stops stops the loop; Check sees that.
 type Server struct {
-	conn    net.PacketConn
+	conn net.PacketConn
+	// chainMu is read-held while the chain answers a packet and write-held
+	// by Reconfigure, so a packet is answered wholly by one configuration.
+	chainMu sync.RWMutex
 	chain   []handler.Handler4
 	opts    Options
 	metrics *Metrics
@@ -107,6 +110,21 @@ func New(conn net.PacketConn, chain []handler.Handler4, opts Options, metrics *M
 	}
 	s.receiverBeat.Store(time.Now().UnixNano())
 	return s
+}
+
+// Reconfigure swaps in the chain apply returns, between two packets: apply
+// runs while no packet is being answered, so it can also reconfigure what
+// the chain's plugins share (the lease allocator). When apply fails, the
+// old chain stays.
+func (s *Server) Reconfigure(apply func() ([]handler.Handler4, error)) error {
+	s.chainMu.Lock()
+	defer s.chainMu.Unlock()
+	chain, err := apply()
+	if err != nil {
+		return err
+	}
+	s.chain = chain
+	return nil
 }
 
 // reply is an answer on its way out.
@@ -365,16 +383,25 @@ func (s *Server) handle(req *dhcpv4.DHCPv4) (reply *dhcpv4.DHCPv4, dest netip.Ad
 		s.log.Debug("packet", "type", msgType, "mac", req.ClientHWAddr.String(), "xid", req.TransactionID)
 	}
 
+	resp = s.runChain(req, resp)
+	if resp == nil || msgType == dhcpv4.MessageTypeRelease || msgType == dhcpv4.MessageTypeDecline {
+		return nil, netip.AddrPort{}
+	}
+	return resp, replyDestination(req, resp)
+}
+
+// runChain passes req and resp through the chain; the deferred unlock keeps
+// a panicking plugin from blocking Reconfigure for good.
+func (s *Server) runChain(req, resp *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+	s.chainMu.RLock()
+	defer s.chainMu.RUnlock()
 	for _, h := range s.chain {
 		var stop bool
 		if resp, stop = h(req, resp); stop {
 			break
 		}
 	}
-	if resp == nil || msgType == dhcpv4.MessageTypeRelease || msgType == dhcpv4.MessageTypeDecline {
-		return nil, netip.AddrPort{}
-	}
-	return resp, replyDestination(req, resp)
+	return resp
 }
 
 // replyDestination follows RFC 2131 section 4.1. Where the RFC asks for a

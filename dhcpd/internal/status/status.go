@@ -1,6 +1,6 @@
-// Package status reports hyperdhcpd's pool usage and lease storage health
-// in its Server's status. It writes status.pool and status.leaseStorage
-// only, with a merge patch under its own field manager, so it never
+// Package status reports hyperdhcpd's pool usage, lease storage health and
+// served spec generation in its Server's status. It writes status.pool,
+// status.leaseStorage and status.served only, with a merge patch under its own field manager, so it never
 // touches the operator's conditions.
 package status
 
@@ -45,6 +45,16 @@ type Reporter struct {
 	// cluster hears of it at once rather than at the next tick.
 	storage        func() (since time.Time, err error)
 	storageChanged <-chan struct{}
+	// served reports the spec generation served and the last refused;
+	// servedChanged wakes the reporter when either changes.
+	served        func() hyperdhcpv1beta1.ServedStatus
+	servedChanged <-chan struct{}
+}
+
+// WatchServed makes the reporter write status.served from served, at once
+// whenever changed fires. Call it before Run.
+func (r *Reporter) WatchServed(served func() hyperdhcpv1beta1.ServedStatus, changed <-chan struct{}) {
+	r.served, r.servedChanged = served, changed
 }
 
 // WatchStorage makes the reporter write status.leaseStorage from fault
@@ -58,10 +68,15 @@ func (r *Reporter) WatchStorage(fault func() (since time.Time, err error), chang
 type report struct {
 	pool    leasedb.Stats
 	storage *hyperdhcpv1beta1.LeaseStorageStatus
+	served  *hyperdhcpv1beta1.ServedStatus
 }
 
 func (r *Reporter) current(previous *report) report {
 	now := report{pool: r.stats()}
+	if r.served != nil {
+		served := r.served()
+		now.served = &served
+	}
 	if r.storage == nil {
 		return now
 	}
@@ -79,6 +94,9 @@ func (r *Reporter) current(previous *report) report {
 // changedFrom tells whether a patch would say something new.
 func (n report) changedFrom(previous *report) bool {
 	if previous == nil || n.pool != previous.pool {
+		return true
+	}
+	if (n.served == nil) != (previous.served == nil) || n.served != nil && *n.served != *previous.served {
 		return true
 	}
 	if (n.storage == nil) != (previous.storage == nil) {
@@ -131,7 +149,7 @@ func (r *Reporter) Run(ctx context.Context) {
 	defer ticker.Stop()
 	for {
 		if now := r.current(last); now.changedFrom(last) || time.Since(lastSent) > refreshEvery {
-			if err := r.Patch(ctx, now.pool, now.storage); err != nil {
+			if err := r.patch(ctx, now); err != nil {
 				r.log.Warn("could not report pool usage and lease storage", "server", r.namespace+"/"+r.name, "error", err)
 			} else {
 				last, lastSent = &now, time.Now()
@@ -142,6 +160,7 @@ func (r *Reporter) Run(ctx context.Context) {
 			return
 		case <-ticker.C:
 		case <-r.storageChanged:
+		case <-r.servedChanged:
 		}
 	}
 }
@@ -149,6 +168,11 @@ func (r *Reporter) Run(ctx context.Context) {
 // Patch writes s into status.pool and, when not nil, storage into
 // status.leaseStorage.
 func (r *Reporter) Patch(ctx context.Context, s leasedb.Stats, storage *hyperdhcpv1beta1.LeaseStorageStatus) error {
+	return r.patch(ctx, report{pool: s, storage: storage})
+}
+
+func (r *Reporter) patch(ctx context.Context, now report) error {
+	s, storage := now.pool, now.storage
 	// A merge patch leaves out what it does not name: the message is always
 	// named, so a recovery clears the fault's.
 	type leaseStorage struct {
@@ -156,11 +180,22 @@ func (r *Reporter) Patch(ctx context.Context, s leasedb.Stats, storage *hyperdhc
 		Message   string      `json:"message"`
 		Since     metav1.Time `json:"since"`
 	}
+	// The refusal is always named too, so an applied edit clears it.
+	type served struct {
+		Generation        int64       `json:"generation"`
+		Since             metav1.Time `json:"since"`
+		RefusedGeneration int64       `json:"refusedGeneration"`
+		RefusedMessage    string      `json:"refusedMessage"`
+	}
 	type status struct {
 		Pool         hyperdhcpv1beta1.PoolStatus `json:"pool"`
 		LeaseStorage *leaseStorage               `json:"leaseStorage,omitempty"`
+		Served       *served                     `json:"served,omitempty"`
 	}
 	report := status{Pool: hyperdhcpv1beta1.PoolStatus{Size: s.Size, Used: s.Used, Free: s.Free}}
+	if v := now.served; v != nil {
+		report.Served = &served{Generation: v.Generation, Since: v.Since, RefusedGeneration: v.RefusedGeneration, RefusedMessage: truncate(v.RefusedMessage, 1024)}
+	}
 	if storage != nil {
 		report.LeaseStorage = &leaseStorage{Available: storage.Available, Message: storage.Message, Since: storage.Since}
 	}

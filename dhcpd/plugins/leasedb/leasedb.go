@@ -30,6 +30,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -186,13 +187,9 @@ var nakMessages = map[string]string{
 // serialises it under one mutex, and answers a REQUEST only once its lease
 // is durable. No lock is held across disk I/O.
 type LeaseDB struct {
-	server        netip.Prefix
-	leaseTime     time.Duration
-	identifyByMAC bool
-	resolver      Resolver
-	onlyKnown     bool
-	resolverStale func() bool
-	notify        func(LeaseEvent)
+	server netip.Prefix
+	// policy is how packets are read and answered; Reconfigure replaces it.
+	policy atomic.Pointer[policy]
 	// pinUnusable remembers the unusable pin told per key, to tell it once.
 	pinUnusable sync.Map
 	now         func() time.Time
@@ -228,12 +225,6 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 	}
 	db := &LeaseDB{
 		server:         opts.Server,
-		leaseTime:      alloc.leaseTime,
-		identifyByMAC:  opts.IdentifyByMAC,
-		resolver:       opts.Resolver,
-		onlyKnown:      opts.OnlyKnown,
-		resolverStale:  opts.ResolverStale,
-		notify:         opts.Notify,
 		now:            opts.Now,
 		log:            opts.Logger,
 		observer:       opts.Observer,
@@ -241,6 +232,7 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 		onStorageFault: opts.OnStorageFault,
 		alloc:          alloc,
 	}
+	db.policy.Store(policyOf(&opts, alloc))
 	if db.now == nil {
 		db.now = time.Now
 	}
@@ -265,6 +257,61 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 	db.stopCheckpoints, db.checkpointsDone = make(chan struct{}), make(chan struct{})
 	go db.checkpoint()
 	return db, nil
+}
+
+// policy is the part of the options that says how a packet is read and
+// answered, beside the allocator's.
+type policy struct {
+	leaseTime     time.Duration
+	identifyByMAC bool
+	resolver      Resolver
+	onlyKnown     bool
+	resolverStale func() bool
+	notify        func(LeaseEvent)
+}
+
+func policyOf(opts *Options, alloc *allocator) *policy {
+	return &policy{
+		leaseTime:     alloc.leaseTime,
+		identifyByMAC: opts.IdentifyByMAC,
+		resolver:      opts.Resolver,
+		onlyKnown:     opts.OnlyKnown,
+		resolverStale: opts.ResolverStale,
+		notify:        opts.Notify,
+	}
+}
+
+// Reconfigure applies edited options while the plugin serves: pools,
+// exclusions, reservations, lease time, client identity and the resolver.
+// Every lease stays. A lease the new options no longer cover is kept until
+// it expires, its renewals refused, as after a restart. The server, store
+// and daemon settings (OfferHold, DeclineProbation, Observer, Logger,
+// OnStorageFault) are those New was given; only the others are read.
+//
+// A packet handled while Reconfigure runs is answered by either the old or
+// the new options for the allocator, but hyperdhcpd's server runs it while
+// no packet is being answered (Server.Reconfigure).
+func (db *LeaseDB) Reconfigure(opts Options) error {
+	if len(opts.Pools) == 0 {
+		return errors.New("leasedb: at least one pool is required")
+	}
+	if opts.Server != db.server {
+		return fmt.Errorf("leasedb: the server address (%s) cannot change while serving (to %s)", db.server, opts.Server)
+	}
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	opts.OfferHold, opts.DeclineProbation = db.alloc.offerHold, db.alloc.probation
+	alloc, err := db.alloc.reconfigured(&opts)
+	if err != nil {
+		return fmt.Errorf("leasedb: %w", err)
+	}
+	db.alloc = alloc
+	db.policy.Store(policyOf(&opts, alloc))
+	if outside := alloc.stats().Outside; outside > 0 {
+		db.log.Warn("leases outside the configured subnet, pools and reservations are kept until they expire; their renewals are refused",
+			"count", outside)
+	}
+	return nil
 }
 
 // storageFaulted reports a storage fault episode: one line, a metric and
@@ -415,21 +462,22 @@ func (db *LeaseDB) Check(timeout time.Duration) error {
 // not know when only known clients are served.
 func (db *LeaseDB) clientOf(req *dhcpv4.DHCPv4) (client, bool) {
 	c := client{mac: req.ClientHWAddr, id: "hw:" + req.ClientHWAddr.String()}
-	if db.resolver != nil {
-		if who, ok := db.resolver.Resolve(req.ClientHWAddr); ok {
+	p := db.policy.Load()
+	if p.resolver != nil {
+		if who, ok := p.resolver.Resolve(req.ClientHWAddr); ok {
 			c.id, c.hostname, c.pin = who.Key, who.Hostname, who.Pin
 			return c, true
 		}
-		if key, pin, ok := db.storedVM(req.ClientHWAddr); ok {
+		if key, pin, ok := db.storedVM(p, req.ClientHWAddr); ok {
 			c.id, c.pin = key, pin
 			return c, true
 		}
-		if db.onlyKnown {
+		if p.onlyKnown {
 			db.observer.Dropped(DropUnknownMAC)
 			return c, false
 		}
 	}
-	if db.identifyByMAC {
+	if p.identifyByMAC {
 		return c, true
 	}
 	if id := req.GetOneOption(dhcpv4.OptionClientIdentifier); len(id) > 0 {
@@ -441,8 +489,8 @@ func (db *LeaseDB) clientOf(req *dhcpv4.DHCPv4) (client, bool) {
 // storedVM returns the VM identity the lease database knows mac by, while
 // the resolver is stale. A lease the VM holds outside the pools was its
 // pinned address: it stays pinned until the resolver can say otherwise.
-func (db *LeaseDB) storedVM(mac net.HardwareAddr) (key string, pin netip.Addr, ok bool) {
-	if db.resolverStale == nil || !db.resolverStale() {
+func (db *LeaseDB) storedVM(p *policy, mac net.HardwareAddr) (key string, pin netip.Addr, ok bool) {
+	if p.resolverStale == nil || !p.resolverStale() {
 		return "", netip.Addr{}, false
 	}
 	db.mu.Lock()
@@ -662,8 +710,8 @@ func (db *LeaseDB) ackDurable(ack pendingAck) {
 
 // tell notifies a lease event of a client the Resolver knows.
 func (db *LeaseDB) tell(c client, reason string, ip netip.Addr) {
-	if db.notify != nil && strings.HasPrefix(c.id, VMKeyPrefix) {
-		db.notify(LeaseEvent{Key: c.id, Reason: reason, IP: ip})
+	if notify := db.policy.Load().notify; notify != nil && strings.HasPrefix(c.id, VMKeyPrefix) {
+		notify(LeaseEvent{Key: c.id, Reason: reason, IP: ip})
 	}
 }
 
@@ -758,9 +806,10 @@ func (db *LeaseDB) nak(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4, bool)
 // fillLease sets the address, lease time and renewal times of an OFFER or ACK.
 func (db *LeaseDB) fillLease(resp *dhcpv4.DHCPv4, a netip.Addr, hostname string) {
 	resp.YourIPAddr = net.IP(a.AsSlice())
-	resp.UpdateOption(dhcpv4.OptIPAddressLeaseTime(db.leaseTime))
-	resp.UpdateOption(dhcpv4.OptRenewTimeValue(db.leaseTime / 2))
-	resp.UpdateOption(dhcpv4.OptRebindingTimeValue(db.leaseTime * 7 / 8))
+	leaseTime := db.policy.Load().leaseTime
+	resp.UpdateOption(dhcpv4.OptIPAddressLeaseTime(leaseTime))
+	resp.UpdateOption(dhcpv4.OptRenewTimeValue(leaseTime / 2))
+	resp.UpdateOption(dhcpv4.OptRebindingTimeValue(leaseTime * 7 / 8))
 	if hostname != "" {
 		resp.UpdateOption(dhcpv4.OptHostName(hostname))
 	}

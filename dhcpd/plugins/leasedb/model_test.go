@@ -383,7 +383,9 @@ func (m *modelRun) check() {
 // clientKey is the lease key the plugin files model client c under.
 func clientKey(c int) string {
 	req, _ := dhcpv4.New(append([]dhcpv4.Modifier{dhcpv4.WithHwAddr(modelMAC(c))}, clientMods(c)...)...)
-	who, _ := (&LeaseDB{}).clientOf(req)
+	db := &LeaseDB{}
+	db.policy.Store(&policy{})
+	who, _ := db.clientOf(req)
 	return who.id
 }
 

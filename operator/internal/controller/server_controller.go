@@ -98,8 +98,9 @@ func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("server").
 		// Status writes (hyperdhcpd's pool counts, our conditions) do not
-		// need a reconcile, except hyperdhcpd's lease storage report.
-		For(&hyperdhcpv1beta1.Server{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, leaseStorageChanged))).
+		// need a reconcile, except hyperdhcpd's lease storage report and
+		// the generation it serves.
+		For(&hyperdhcpv1beta1.Server{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, leaseStorageChanged, servedChanged))).
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
@@ -126,6 +127,32 @@ var leaseStorageChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) 
 	updated, newOK := e.ObjectNew.(*hyperdhcpv1beta1.Server)
 	return oldOK && newOK && leaseStorageFault(old) != leaseStorageFault(updated)
 }}
+
+// servedChanged passes the Server updates where hyperdhcpd reported that
+// it serves another generation, or refused one.
+var servedChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+	old, oldOK := e.ObjectOld.(*hyperdhcpv1beta1.Server)
+	updated, newOK := e.ObjectNew.(*hyperdhcpv1beta1.Server)
+	if !oldOK || !newOK {
+		return false
+	}
+	before, after := old.Status.Served, updated.Status.Served
+	if before == nil || after == nil {
+		return before != after
+	}
+	return before.Generation != after.Generation || before.RefusedGeneration != after.RefusedGeneration ||
+		before.RefusedMessage != after.RefusedMessage
+}}
+
+// specRefused is hyperdhcpd's report of an edit it could not apply, empty
+// when there is none.
+func specRefused(server *hyperdhcpv1beta1.Server) string {
+	s := server.Status.Served
+	if s == nil || s.RefusedMessage == "" || s.RefusedGeneration <= s.Generation {
+		return ""
+	}
+	return fmt.Sprintf("hyperdhcpd refused generation %d of the spec and serves generation %d: %s", s.RefusedGeneration, s.Generation, s.RefusedMessage)
+}
 
 // leaseStorageFault is hyperdhcpd's report of failing lease writes, empty
 // when there is none.
@@ -238,12 +265,17 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	if deployment != nil {
 		setDeploymentConditions(server, deployment)
 	}
+	setApplying(server)
 	// Degraded names every problem, the most severe first: a failing phase,
 	// then leases that cannot be written, then a pod that cannot join its
 	// network, then VMs not served for want of consent.
 	var problems []problem
 	if len(errs) > 0 {
 		problems = append(problems, problem{hyperdhcpv1beta1.ReasonReconcileFailed, kerrors.NewAggregate(errs).Error()})
+	}
+	refused := specRefused(server)
+	if refused != "" {
+		problems = append(problems, problem{hyperdhcpv1beta1.ReasonSpecRefused, refused})
 	}
 	storageFault := leaseStorageFault(server)
 	if storageFault != "" {
@@ -265,6 +297,9 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	// A Warning when a refusal is new, not on every resync.
 	previous := meta.FindStatusCondition(original.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded)
 	storageWasFaulty := previous != nil && strings.Contains(previous.Message, "cannot write its lease database")
+	if refused != "" && (previous == nil || !strings.Contains(previous.Message, refused)) {
+		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonSpecRefused, "Apply", "%s", refused)
+	}
 	switch {
 	case storageFault != "" && !storageWasFaulty:
 		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonLeaseStorageUnavailable, "LeaseStorage", "%s", storageFault)
@@ -579,13 +614,39 @@ func (r *ServerReconciler) reconcileDelete(ctx context.Context, server *hyperdhc
 	return nil
 }
 
-// setInvalidSpec reports a spec that passed the API server but not Validate.
+// setInvalidSpec reports a spec that passed the API server but not
+// Validate. Nothing of it is rendered: a hyperdhcpd already running keeps
+// serving the spec before it, so a True Ready stays, and says which.
 func setInvalidSpec(server *hyperdhcpv1beta1.Server, err error) {
+	message := err.Error()
+	if s := server.Status.Served; s != nil && s.Generation > 0 {
+		message += fmt.Sprintf("; hyperdhcpd keeps serving generation %d", s.Generation)
+	}
+	if !meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady) {
+		setConditions(server, metav1.Condition{Type: hyperdhcpv1beta1.ConditionReady, Status: metav1.ConditionFalse,
+			Reason: hyperdhcpv1beta1.ReasonInvalidSpec, Message: message})
+	}
 	setConditions(server,
-		metav1.Condition{Type: hyperdhcpv1beta1.ConditionReady, Status: metav1.ConditionFalse, Reason: hyperdhcpv1beta1.ReasonInvalidSpec, Message: err.Error()},
-		metav1.Condition{Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: hyperdhcpv1beta1.ReasonInvalidSpec, Message: err.Error()},
+		metav1.Condition{Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: hyperdhcpv1beta1.ReasonInvalidSpec, Message: message},
 		metav1.Condition{Type: hyperdhcpv1beta1.ConditionProgressing, Status: metav1.ConditionFalse, Reason: hyperdhcpv1beta1.ReasonInvalidSpec, Message: "waiting for a valid spec"},
 	)
+}
+
+// setApplying keeps Progressing True while the pod is rolled out but
+// hyperdhcpd has not reported serving the current generation: a live edit
+// is on its way (or was refused, which Degraded says).
+func setApplying(server *hyperdhcpv1beta1.Server) {
+	s := server.Status.Served
+	if s == nil || s.Generation >= server.Generation || meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionProgressing) {
+		return
+	}
+	if s.RefusedGeneration >= server.Generation {
+		setConditions(server, metav1.Condition{Type: hyperdhcpv1beta1.ConditionProgressing, Status: metav1.ConditionFalse,
+			Reason: hyperdhcpv1beta1.ReasonSpecRefused, Message: fmt.Sprintf("hyperdhcpd refused generation %d of the spec and serves %d", s.RefusedGeneration, s.Generation)})
+		return
+	}
+	setConditions(server, metav1.Condition{Type: hyperdhcpv1beta1.ConditionProgressing, Status: metav1.ConditionTrue,
+		Reason: hyperdhcpv1beta1.ReasonApplying, Message: fmt.Sprintf("hyperdhcpd serves generation %d of the spec; applying %d", s.Generation, server.Generation)})
 }
 
 // problem is one reason a Server is Degraded.

@@ -24,7 +24,7 @@ import (
 
 // Where things live in the hyperdhcpd pod, and the keys the operator uses.
 const (
-	ConfigKey   = "hyperdhcpd.yaml"
+	ConfigKey   = config.ConfigMapKey
 	ConfigDir   = "/etc/hyperdhcp"
 	DataDir     = "/var/lib/hyperdhcp"
 	MetricsPort = 8067
@@ -87,8 +87,10 @@ func Config(server *hyperdhcpv1beta1.Server) *config.Config {
 		LeaseDatabase:  DataDir + "/leases.db",
 		MetricsAddress: fmt.Sprintf(":%d", MetricsPort),
 		Kubernetes: &config.Kubernetes{
-			ServerName:      server.Name,
-			ServerNamespace: server.Namespace,
+			ServerName:       server.Name,
+			ServerNamespace:  server.Namespace,
+			ServerGeneration: server.Generation,
+			ConfigMap:        Name(server),
 		},
 	}
 	cfg.SetDefaults()
@@ -117,14 +119,21 @@ func WatchOnly(server *hyperdhcpv1beta1.Server, namespaces []string, cluster boo
 	return out
 }
 
-// ConfigMap holds the rendered configuration; the hash goes on the pod
-// template so that a change rolls the pod.
+// ConfigMap holds the rendered configuration. The hash of its restart-only
+// settings (config.RestartOnly) goes on the pod template, so that only an
+// edit hyperdhcpd cannot apply live rolls the pod; hyperdhcpd watches the
+// ConfigMap for the others.
 func ConfigMap(server *hyperdhcpv1beta1.Server) (*corev1.ConfigMap, string, error) {
-	data, err := Config(server).Marshal()
+	cfg := Config(server)
+	data, err := cfg.Marshal()
 	if err != nil {
 		return nil, "", err
 	}
-	sum := sha256.Sum256(data)
+	restartOnly, err := cfg.RestartOnly().Marshal()
+	if err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(restartOnly)
 	return &corev1.ConfigMap{
 		ObjectMeta: meta(server, Name(server), server.Namespace),
 		Data:       map[string]string{ConfigKey: string(data)},
@@ -139,14 +148,17 @@ func ServiceAccount(server *hyperdhcpv1beta1.Server) *corev1.ServiceAccount {
 	}
 }
 
-// StatusRole lets hyperdhcpd read its own Server and patch its status, and
-// record Events; nothing else.
+// StatusRole lets hyperdhcpd read its own Server and patch its status,
+// read its own ConfigMap, and record Events; nothing else.
 func StatusRole(server *hyperdhcpv1beta1.Server) *rbacv1.Role {
 	return &rbacv1.Role{
 		ObjectMeta: meta(server, Name(server), server.Namespace),
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{hyperdhcpv1beta1.GroupVersion.Group}, Resources: []string{"servers"}, ResourceNames: []string{server.Name}, Verbs: []string{"get"}},
 			{APIGroups: []string{hyperdhcpv1beta1.GroupVersion.Group}, Resources: []string{"servers/status"}, ResourceNames: []string{server.Name}, Verbs: []string{"get", "patch"}},
+			// Its own configuration, to apply edits live: a list and watch
+			// by metadata.name are authorised by resourceNames.
+			{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{Name(server)}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 		},
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -21,7 +22,7 @@ import (
 
 func testServer() *hyperdhcpv1beta1.Server {
 	s := &hyperdhcpv1beta1.Server{
-		ObjectMeta: metav1.ObjectMeta{Name: "lab", Namespace: "vms"},
+		ObjectMeta: metav1.ObjectMeta{Name: "lab", Namespace: "vms", Generation: 3},
 		Spec: hyperdhcpv1beta1.ServerSpec{
 			NetworkAttachment: hyperdhcpv1beta1.NetworkAttachment{Name: "lab-bridge", Namespace: "networks"},
 			ServerIP:          "192.168.50.2/24",
@@ -43,25 +44,55 @@ func TestConfigIsValidAndNamesItsServer(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 	assert.Equal(t, "net1", cfg.Interface)
 	assert.Equal(t, DataDir+"/leases.db", cfg.LeaseDatabase)
-	assert.Equal(t, &config.Kubernetes{ServerName: "lab", ServerNamespace: "vms",
+	assert.Equal(t, &config.Kubernetes{ServerName: "lab", ServerNamespace: "vms", ServerGeneration: 3, ConfigMap: Name(testServer()),
 		StatusInterval: cfg.Kubernetes.StatusInterval, SyncTimeout: cfg.Kubernetes.SyncTimeout, VMDeletionGrace: cfg.Kubernetes.VMDeletionGrace}, cfg.Kubernetes)
 	assert.Nil(t, Config(testServer()).Server.Storage, "the lease volume is the pod's business, not hyperdhcpd's")
 }
 
-func TestConfigHashFollowsTheSpec(t *testing.T) {
-	_, before, err := ConfigMap(testServer())
+// TestConfigHashFollowsOnlyTheRestartOnlySpec: the hash on the pod template
+// changes, and so rolls the pod, only for an edit hyperdhcpd cannot apply
+// live; the ConfigMap itself changes for every edit.
+func TestConfigHashFollowsOnlyTheRestartOnlySpec(t *testing.T) {
+	beforeCM, before, err := ConfigMap(testServer())
 	require.NoError(t, err)
-	changed := testServer()
-	changed.Spec.Router = "192.168.50.1"
-	_, after, err := ConfigMap(changed)
-	require.NoError(t, err)
-	assert.NotEqual(t, before, after)
-
-	podOnly := testServer()
-	podOnly.Spec.NodeSelector = map[string]string{"zone": "a"}
-	_, same, err := ConfigMap(podOnly)
-	require.NoError(t, err)
-	assert.Equal(t, before, same, "pod-level settings do not restart hyperdhcpd through the config")
+	live := map[string]func(*hyperdhcpv1beta1.ServerSpec){
+		"router":  func(s *hyperdhcpv1beta1.ServerSpec) { s.Router = "192.168.50.1" },
+		"dns":     func(s *hyperdhcpv1beta1.ServerSpec) { s.DNS = []hyperdhcpv1beta1.IPv4Address{"192.168.50.53"} },
+		"pools":   func(s *hyperdhcpv1beta1.ServerSpec) { s.Pools[0].End = "192.168.50.150" },
+		"exclude": func(s *hyperdhcpv1beta1.ServerSpec) { s.Exclude = []hyperdhcpv1beta1.IPv4Address{"192.168.50.120"} },
+		"reservations": func(s *hyperdhcpv1beta1.ServerSpec) {
+			s.Reservations = []hyperdhcpv1beta1.Reservation{{MAC: "02:00:5e:00:00:01", IP: "192.168.50.20"}}
+		},
+		"leaseTime": func(s *hyperdhcpv1beta1.ServerSpec) { s.LeaseTime = &metav1.Duration{Duration: 2 * time.Hour} },
+		"kubevirt":  func(s *hyperdhcpv1beta1.ServerSpec) { s.KubeVirt.Namespaces = []string{"vms", "more-vms"} },
+		"options": func(s *hyperdhcpv1beta1.ServerSpec) {
+			s.Options = []hyperdhcpv1beta1.DHCPOption{{Code: 252, Value: "http://wpad/"}}
+		},
+		"pod only": func(s *hyperdhcpv1beta1.ServerSpec) { s.NodeSelector = map[string]string{"zone": "a"} },
+	}
+	for name, edit := range live {
+		server := testServer()
+		edit(&server.Spec)
+		server.Generation++
+		cm, hash, err := ConfigMap(server)
+		require.NoError(t, err)
+		assert.Equal(t, before, hash, "%s: applied live, the pod stays", name)
+		if name != "pod only" {
+			assert.NotEqual(t, beforeCM.Data, cm.Data, "%s: the ConfigMap carries the edit", name)
+		}
+	}
+	restart := map[string]func(*hyperdhcpv1beta1.ServerSpec){
+		"serverIP":          func(s *hyperdhcpv1beta1.ServerSpec) { s.ServerIP = "192.168.50.3/24" },
+		"networkAttachment": func(s *hyperdhcpv1beta1.ServerSpec) { s.NetworkAttachment.Interface = "net2" },
+		"conflictDetection": func(s *hyperdhcpv1beta1.ServerSpec) { s.ConflictDetection.Enabled = new(false) },
+	}
+	for name, edit := range restart {
+		server := testServer()
+		edit(&server.Spec)
+		_, hash, err := ConfigMap(server)
+		require.NoError(t, err)
+		assert.NotEqual(t, before, hash, "%s: takes a restart, the pod rolls", name)
+	}
 }
 
 func TestDeployment(t *testing.T) {
