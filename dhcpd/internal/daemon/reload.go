@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -191,6 +192,12 @@ func (r *reloader) offer(data []byte, source string) {
 	case generation != 0 && generation <= served:
 		return // what is served already, or older: the other source is behind
 	case generation == 0 && served == 0 && sameConfig(next, r.fileView):
+		return
+	}
+	// The spec first: a broken edit is refused as such, not taken for one
+	// that waits for a restart.
+	if errs := hyperdhcpv1beta1.ValidateSpec(&next.Server, field.NewPath("server")); len(errs) > 0 {
+		r.refuse(generation, fmt.Errorf("invalid config: %w", errs.ToAggregate()))
 		return
 	}
 	restart, err := r.fileView.RestartFields(next)

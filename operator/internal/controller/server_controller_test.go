@@ -166,10 +166,13 @@ func TestReadyWhenTheDeploymentIsAvailable(t *testing.T) {
 
 	out, err := kubectl("get", "servers", "-n", ns)
 	require.NoError(t, err, out)
-	assert.Regexp(t, `lab\s+lab-bridge\s+192.168.50.2/24\s+\S*\s+\S*\s+True`, out, "printer columns")
+	assert.Regexp(t, `lab\s+lab-bridge\s+192.168.50.2/24\s+\S*\s+\S*\s+1\s+\S*\s+True`, out, "printer columns")
 }
 
-func TestEditingTheServerRollsThePod(t *testing.T) {
+// TestOnlyRestartOnlyEditsRollThePod: an edit hyperdhcpd applies live
+// changes the ConfigMap, not the pod template; an edit of serverIP changes
+// both, so the pod rolls.
+func TestOnlyRestartOnlyEditsRollThePod(t *testing.T) {
 	ns := newNamespace(t)
 	server := newServer(t, ns, "lab", nil)
 	name := render.Name(server)
@@ -178,11 +181,68 @@ func TestEditingTheServerRollsThePod(t *testing.T) {
 	hash := d.Spec.Template.Annotations[render.ConfigHashAnnotation]
 
 	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.DNS = []hyperdhcpv1beta1.IPv4Address{"192.168.50.53"} })
-
 	cm := &corev1.ConfigMap{}
 	eventually(t, cm, key(ns, name), func() bool { return strings.Contains(cm.Data[render.ConfigKey], "192.168.50.53") }, "ConfigMap updated")
+	require.NoError(t, admin.Get(t.Context(), key(ns, name), d))
+	assert.Equal(t, hash, d.Spec.Template.Annotations[render.ConfigHashAnnotation], "a DNS edit is applied live: the pod stays")
+
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.ServerIP = "192.168.50.3/24" })
 	eventually(t, d, key(ns, name), func() bool { return d.Spec.Template.Annotations[render.ConfigHashAnnotation] != hash },
-		"the pod template's config hash changes, so the pod rolls")
+		"an edit of serverIP changes the pod template's config hash, so the pod rolls")
+}
+
+// TestServedGenerationDrivesProgressingAndRefusalsDegrade: while hyperdhcpd
+// reports an older generation than the spec's, Progressing says it is
+// applying; a generation it refused makes the Server Degraded (SpecRefused)
+// with a Warning Event, cleared once it serves a later one.
+func TestServedGenerationDrivesProgressingAndRefusalsDegrade(t *testing.T) {
+	ns := newNamespace(t)
+	server := newServer(t, ns, "lab", nil)
+	name := render.Name(server)
+	d := &appsv1.Deployment{}
+	eventually(t, d, key(ns, name), func() bool { return true }, "Deployment created")
+	d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
+	require.NoError(t, admin.Status().Update(t.Context(), d))
+	report := func(served hyperdhcpv1beta1.ServedStatus) {
+		t.Helper()
+		data, err := json.Marshal(map[string]any{"status": map[string]any{"served": served}})
+		require.NoError(t, err)
+		require.NoError(t, admin.Status().Patch(t.Context(), server, client.RawPatch(types.MergePatchType, data), client.FieldOwner("hyperdhcpd")))
+	}
+	report(hyperdhcpv1beta1.ServedStatus{Generation: 1, Since: metav1.Now()})
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		return meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionProgressing)
+	}, "generation 1 served: not progressing")
+
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.DNS = []hyperdhcpv1beta1.IPv4Address{"192.168.50.53"} })
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		c := meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionProgressing)
+		return c != nil && c.Status == metav1.ConditionTrue && c.Reason == hyperdhcpv1beta1.ReasonApplying
+	}, "Progressing=True, Applying, until hyperdhcpd serves generation 2")
+
+	report(hyperdhcpv1beta1.ServedStatus{Generation: 1, Since: metav1.Now(), RefusedGeneration: 2, RefusedMessage: "leasedb: pools overlap"})
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		c := meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded)
+		return c != nil && c.Status == metav1.ConditionTrue && c.Reason == hyperdhcpv1beta1.ReasonSpecRefused &&
+			strings.Contains(c.Message, "refused generation 2 of the spec and serves generation 1: leasedb: pools overlap")
+	}, "Degraded=True, SpecRefused")
+	assert.True(t, meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady), "generation 1 still serves")
+	require.Eventually(t, func() bool {
+		var events eventsv1.EventList
+		require.NoError(t, admin.List(context.Background(), &events, client.InNamespace(ns)))
+		for _, e := range events.Items {
+			if e.Regarding.Name == server.Name && e.Reason == hyperdhcpv1beta1.ReasonSpecRefused && e.Type == corev1.EventTypeWarning {
+				return true
+			}
+		}
+		return false
+	}, timeout, interval, "a Warning Event")
+
+	report(hyperdhcpv1beta1.ServedStatus{Generation: 2, Since: metav1.Now()})
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		return meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded) &&
+			meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionProgressing)
+	}, "serving generation 2: neither degraded nor progressing")
 }
 
 func TestDriftIsRepaired(t *testing.T) {
@@ -231,7 +291,7 @@ func TestDriftIsRepaired(t *testing.T) {
 	require.NoError(t, admin.Get(t.Context(), key(ns, name), role))
 	role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}})
 	require.NoError(t, admin.Update(t.Context(), role))
-	eventually(t, role, key(ns, name), func() bool { return len(role.Rules) == 3 }, "an added permission is taken away")
+	eventually(t, role, key(ns, name), func() bool { return len(role.Rules) == 4 }, "an added permission is taken away")
 }
 
 func TestInvalidSpecIsReported(t *testing.T) {
