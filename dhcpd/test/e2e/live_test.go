@@ -323,4 +323,3 @@ func TestConfigFileEditsApplyLive(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(log), "settings=[port]")
 }
-
