@@ -305,8 +305,17 @@ func (m *modelRun) doStep() {
 		if after := m.h.db.Stats(); after != before {
 			m.failf("INFORM changed the pool: %+v -> %+v", before, after)
 		}
-	case 11: // a restart, sometimes with an edited configuration
+	case 11: // a restart or a live edit, sometimes of the configuration
 		config := int(m.next()) % len(modelConfigs)
+		if m.next()%2 == 0 {
+			m.trace = append(m.trace, fmt.Sprintf("live edit to %q", modelConfigs[config].name))
+			m.config = config
+			m.h.opts.Pools, m.h.opts.Exclude = modelConfigs[config].pools, modelConfigs[config].exclude
+			if err := m.h.db.Reconfigure(m.h.opts); err != nil {
+				m.failf("live edit: %v", err)
+			}
+			return
+		}
 		m.trace = append(m.trace, fmt.Sprintf("restart with %q", modelConfigs[config].name))
 		m.restart(config)
 	}

@@ -117,3 +117,17 @@ func BenchmarkReconfigure(b *testing.B) {
 		}
 	}
 }
+
+func TestReconfigureExcludingALeasedAddressRefusesItsRenewal(t *testing.T) {
+	h := newHarness(t, nil)
+	ip := h.dora(mac(1))
+	edited := h.opts
+	edited.Exclude = []netip.Addr{ip}
+	require.NoError(t, h.db.Reconfigure(edited))
+	require.NoError(t, h.db.Audit())
+	assert.Equal(t, Stats{Size: 9, Free: 9, Outside: 1}, h.db.Stats())
+	assert.Equal(t, dhcpv4.MessageTypeNak, renew(t, h, mac(1), ip).MessageType(), "a newly excluded address is not renewed")
+	for i := byte(2); i < 11; i++ {
+		assert.NotEqual(t, ip, h.dora(mac(i)), "nor handed to anyone")
+	}
+}

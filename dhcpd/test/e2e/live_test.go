@@ -323,3 +323,53 @@ func TestConfigFileEditsApplyLive(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(log), "settings=[port]")
 }
+
+// TestKubeVirtSettingsApplyLive edits the KubeVirt settings of a running
+// hyperdhcpd: another namespace to serve starts a new VM watch, synced
+// before it replaces the old one, and its VM is served; onlyKnownVMs off
+// serves a MAC of no VM. The process and every lease stay.
+func TestKubeVirtSettingsApplyLive(t *testing.T) {
+	_, k8s, kubeconfig, apiHost := startAPIServer(t)
+	for _, ns := range []string{"vms", "team-a"} {
+		require.NoError(t, k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+	}
+	createVMIn(t, k8s, "vms", "lab", "here", "02:00:5e:62:00:01", nil)
+	createVMIn(t, k8s, "team-a", "vms/lab", "there", "02:00:5e:62:00:02", nil)
+
+	b := newTestBed(t, func(c *config.Config) {
+		c.Server.NetworkAttachment.Name = "lab"
+		c.Server.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Namespaces: []string{"vms"}}
+		c.Kubernetes = &config.Kubernetes{ServerName: "lab", ServerNamespace: "vms", Kubeconfig: kubeconfig, ServerGeneration: 1,
+			SyncTimeout: &metav1.Duration{Duration: 10 * time.Second}}
+	})
+	forwardAPIServer(t, b.serverNS, apiHost)
+	b.startServer()
+	pid := b.server.Process.Pid
+	here := (&udhcpc{c: b.addClient("02:00:5e:62:00:01")}).obtain()
+	inPool(t, here.IP)
+	unserved := func(mac string) bool {
+		c := b.addClient(mac)
+		out, err := c.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", c.hook(false), "-t", "2", "-T", "1").CombinedOutput()
+		return err != nil && !strings.Contains(string(out), "obtained")
+	}
+	require.True(t, unserved("02:00:5e:62:00:02"), "a VM of a namespace not served gets nothing")
+
+	b.edit(func(c *config.Config) {
+		c.Server.KubeVirt.Namespaces = []string{"vms", "team-a"}
+		c.Kubernetes.ServerGeneration = 2
+	})
+	require.Eventually(t, func() bool { return b.metric("hyperdhcpd_config_generation") == 2 }, 20*time.Second, 100*time.Millisecond)
+	there := &udhcpc{c: b.addClient("02:00:5e:62:00:02")}
+	inPool(t, there.obtain().IP)
+	assert.Equal(t, "there", there.c.events()[len(there.c.events())-1].env["hostname"], "the VM's name, from the new watch")
+	require.True(t, unserved("02:00:5e:62:00:99"), "onlyKnownVMs: a MAC of no VM gets nothing")
+
+	b.edit(func(c *config.Config) {
+		c.Server.KubeVirt.OnlyKnownVMs = ptr.To(false)
+		c.Kubernetes.ServerGeneration = 3
+	})
+	require.Eventually(t, func() bool { return b.metric("hyperdhcpd_config_generation") == 3 }, 20*time.Second, 100*time.Millisecond)
+	inPool(t, (&udhcpc{c: b.addClient("02:00:5e:62:00:98")}).obtain().IP)
+	assert.Equal(t, pid, b.server.Process.Pid)
+	assert.Equal(t, 2.0, b.metric(`hyperdhcpd_config_changes_total{result="applied"}`))
+}
