@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	kubevirtv1 "kubevirt.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 )
 
 // hook records what dhclient was told and applies only the address: a stock
@@ -219,5 +222,44 @@ exec dhclient -4 -d -v -sf "$dir/hook.sh" -pf "$dir/run/dhclient.pid" -lf "$dir/
 		return err
 	}
 	d.clients[name], d.netns[name] = cmd, ns
+	return nil
+}
+
+// editLive changes the Server's DNS servers with kubectl: the operator
+// renders the ConfigMap, the same hyperdhcpd process applies it, and vm-1
+// asking again is told the new servers.
+func (d *demo) editLive(ctx context.Context) error {
+	const patch = `{"spec":{"dns":["192.168.50.54"]}}`
+	edited := time.Now()
+	out, err := exec.CommandContext(ctx, "kubectl", "--kubeconfig", d.kubeconfig, "patch", "server", serverName, "-n", namespace,
+		"--type", "merge", "-p", patch).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kubectl patch: %w: %s", err, out)
+	}
+	d.detail("$ kubectl patch server %s -n %s --type merge -p '%s'", serverName, namespace, patch)
+	server := &hyperdhcpv1beta1.Server{}
+	if err := waitFor(ctx, func() bool {
+		return d.k8s.Get(ctx, types.NamespacedName{Namespace: namespace, Name: serverName}, server) == nil &&
+			server.Status.Served != nil && server.Status.Served.Generation == server.Generation
+	}); err != nil {
+		return fmt.Errorf("hyperdhcpd did not report serving the edited spec: %w", err)
+	}
+	if err := syscall.Kill(d.hyperdhcpdPID, 0); err != nil {
+		return fmt.Errorf("hyperdhcpd (PID %d) is gone: %w", d.hyperdhcpdPID, err)
+	}
+	d.detail("status.served.generation %d %s after the patch, from hyperdhcpd PID %d, the one started above",
+		server.Generation, time.Since(edited).Round(time.Millisecond), d.hyperdhcpdPID)
+	vm := vms[0].name
+	if err := d.restartClient(vm); err != nil {
+		return err
+	}
+	env, err := d.waitLease(ctx, vm)
+	if err != nil {
+		return err
+	}
+	if env["new_domain_name_servers"] != "192.168.50.54" {
+		return fmt.Errorf("%s was told DNS %q after the edit, want 192.168.50.54", vm, env["new_domain_name_servers"])
+	}
+	d.detail("%s asked again: %s, DNS %s", vm, env["new_ip_address"], env["new_domain_name_servers"])
 	return nil
 }

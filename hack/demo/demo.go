@@ -70,6 +70,8 @@ type demo struct {
 	// clients are the dhclients by client name, and their namespaces.
 	clients map[string]*exec.Cmd
 	netns   map[string]string
+	// hyperdhcpdPID is the process playing the pod.
+	hyperdhcpdPID int
 }
 
 func run(ctx context.Context, opts options) (err error) {
@@ -112,6 +114,7 @@ func run(ctx context.Context, opts options) (err error) {
 		{"playing the kubelet: hyperdhcpd from the Deployment and its ConfigMap, in a network namespace", d.runPod},
 		{"two VMs and a stranger ask for addresses with dhclient", d.runClients},
 		{"vm-1 migrates to another node, vm-2 restarts with a new MAC", d.moveVMs},
+		{"kubectl patch the Server's DNS: the running hyperdhcpd applies it, no pod restart", d.editLive},
 		{"the API server goes away: hyperdhcpd keeps serving VMs; the API server comes back", d.outlastAPIOutage},
 		{"what Kubernetes and the lease database say", d.report},
 	}
@@ -476,6 +479,7 @@ exec setpriv --reuid "$RUN_AS_USER" --regid "$RUN_AS_GROUP" --groups "$FS_GROUP"
 		return fmt.Errorf("hyperdhcpd did not start serving: %w", err)
 	}
 	// ip netns exec, unshare, sh and setpriv each exec the next: the PID is hyperdhcpd's.
+	d.hyperdhcpdPID = cmd.Process.Pid
 	uid, caps, err := processCredentials(cmd.Process.Pid)
 	if err != nil {
 		return err
