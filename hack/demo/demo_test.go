@@ -31,7 +31,9 @@ func TestDemo(t *testing.T) {
 	assert.Regexp(t, `kube-apiserver \(PID \d+\) killed\n\s+hyperdhcpd logged: cannot reach the API`, printed)
 	assert.Contains(t, printed, "vm-1 renewed (RENEW to 192.168.50.2) during the outage: ACK 192.168.50.150 for 3600s")
 	assert.Regexp(t, `kube-apiserver started again \(PID \d+\)\n\s+hyperdhcpd logged: the API answers again`, printed)
-	assert.Regexp(t, `lab\s+lab-bridge\s+192\.168\.50\.2/24\s+2\s+98\s+True`, printed, "kubectl get servers: used=2, Ready")
+	assert.Regexp(t, `status\.served\.generation 2 \S+ after the patch, from hyperdhcpd PID \d+, the one started above\n\s+vm-1 asked again: 192\.168\.50\.150, DNS 192\.168\.50\.54\n`, printed,
+		"a DNS edit is applied by the running hyperdhcpd")
+	assert.Regexp(t, `lab\s+lab-bridge\s+192\.168\.50\.2/24\s+2\s+98\s+2\s+2\s+True`, printed, "kubectl get servers: used=2, generation 2 served, Ready")
 	assert.Regexp(t, `Normal\s+AddressAssigned\s+.*hyperdhcpd\s+interface lab was given 192\.168\.50\.150`, printed, "kubectl describe vmi shows hyperdhcpd's Event")
 	assert.Regexp(t, `192\.168\.50\.150\s+02:00:5e:00:00:01\s+vm-1\s+bound\s+\S+\s+vm:demo/vm-1/lab`, printed, "hyperdhcpd leases list: the lease belongs to the VM")
 	assert.Contains(t, printed, "cleaning up")
