@@ -132,16 +132,20 @@ func leaseFlags() []cli.Flag {
 
 // loadConfig reads the configuration file and applies flag and environment
 // overrides, then defaults; it does not validate.
-func loadConfig(c *cli.Context) (*config.Config, error) {
-	path := configPath(c)
+func loadConfig(c *cli.Context) (*config.Config, daemon.File, error) {
+	file := daemon.File{Path: configPath(c)}
 	if c.String(flagConfig) == "" {
-		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-			return nil, config.ErrNoConfig
+		if _, err := os.Stat(file.Path); errors.Is(err, fs.ErrNotExist) {
+			return nil, file, config.ErrNoConfig
 		}
 	}
-	cfg, err := config.Load(path)
+	var err error
+	if file.Data, err = os.ReadFile(file.Path); err != nil {
+		return nil, file, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := config.Parse(file.Data, file.Path)
 	if err != nil {
-		return nil, err
+		return nil, file, err
 	}
 	if c.IsSet(flagInterface) {
 		cfg.Interface = c.String(flagInterface)
@@ -162,7 +166,7 @@ func loadConfig(c *cli.Context) (*config.Config, error) {
 		cfg.Kubernetes.Kubeconfig = c.String(flagKubeconfig)
 	}
 	cfg.SetDefaults()
-	return cfg, nil
+	return cfg, file, nil
 }
 
 // configPath is the configuration file named, or the default one.
@@ -174,7 +178,7 @@ func configPath(c *cli.Context) string {
 }
 
 func check(c *cli.Context) error {
-	cfg, err := loadConfig(c)
+	cfg, _, err := loadConfig(c)
 	if err != nil {
 		return err
 	}
@@ -190,7 +194,7 @@ func check(c *cli.Context) error {
 }
 
 func serve(c *cli.Context) error {
-	cfg, err := loadConfig(c)
+	cfg, file, err := loadConfig(c)
 	if err != nil {
 		return err
 	}
@@ -211,7 +215,7 @@ func serve(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return daemon.Run(ctx, cfg, configPath(c), log)
+	return daemon.Run(ctx, cfg, file, log)
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

@@ -71,7 +71,7 @@ func leaseDatabasePath(c *cli.Context) (string, error) {
 	if path := c.String(flagLeaseDatabase); path != "" {
 		return path, nil
 	}
-	cfg, err := loadConfig(c)
+	cfg, _, err := loadConfig(c)
 	if err != nil {
 		return "", fmt.Errorf("no --lease-database given and %w", err)
 	}

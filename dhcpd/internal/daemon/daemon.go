@@ -51,10 +51,10 @@ func Preflight(cfg *config.Config) error {
 	return nil
 }
 
-// Run serves DHCP until ctx ends. cfg is the configuration read from the
-// file at path (with the command line's overrides); edits of the file, and
-// of its ConfigMap in Kubernetes, are applied while serving (reloader).
-func Run(ctx context.Context, cfg *config.Config, path string, log *slog.Logger) error {
+// Run serves DHCP until ctx ends. cfg is the configuration read from file
+// (with the command line's overrides); edits of the file, and of its
+// ConfigMap in Kubernetes, are applied while serving (reloader).
+func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) error {
 	if err := Preflight(cfg); err != nil {
 		return err
 	}
@@ -223,7 +223,7 @@ func Run(ctx context.Context, cfg *config.Config, path string, log *slog.Logger)
 		current.stop()
 		return nil
 	}
-	reload, err := newReloader(path, cfg, apply, metrics, log)
+	reload, err := newReloader(file, cfg, apply, metrics, log)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/yaml"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
@@ -51,6 +53,10 @@ type reloader struct {
 	// changed is signalled when served() changes.
 	changed chan struct{}
 
+	// report is the last status.served, readable while an edit is being
+	// applied (r.mu is held then, for as long as a new VM watch syncs).
+	report atomic.Pointer[hyperdhcpv1beta1.ServedStatus]
+
 	mu sync.Mutex
 	// serving is the configuration served, with the command line's
 	// overrides; fileView is the file's configuration it came from, to
@@ -66,23 +72,26 @@ type reloader struct {
 	restartPending string
 }
 
-func newReloader(path string, serving *config.Config, apply func(*config.Config) error, metrics *server.Metrics, log *slog.Logger) (*reloader, error) {
-	r := &reloader{path: path, apply: apply, metrics: metrics, log: log, serving: serving, servedSince: time.Now(),
-		changed: make(chan struct{}, 1)}
-	if path != "" {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("read config: %w", err)
-		}
-		if r.fileView, err = parseDefaulted(data, path); err != nil {
+// newReloader starts from serving, which file (as read at start) gave.
+func newReloader(file File, serving *config.Config, apply func(*config.Config) error, metrics *server.Metrics, log *slog.Logger) (*reloader, error) {
+	r := &reloader{path: file.Path, apply: apply, metrics: metrics, log: log, serving: serving, servedSince: time.Now(),
+		changed: make(chan struct{}, 1), fileView: serving, lastFile: file.Data}
+	if file.Data != nil {
+		var err error
+		if r.fileView, err = parseDefaulted(file.Data, file.Path); err != nil {
 			return nil, err
 		}
-		r.lastFile = data
-	} else {
-		r.fileView = serving
 	}
 	metrics.Serving(serving.Generation())
+	r.publish()
 	return r, nil
+}
+
+// File is the configuration file hyperdhcpd was started with: its path, to
+// read edits from, and its content as read at start.
+type File struct {
+	Path string
+	Data []byte
 }
 
 func parseDefaulted(data []byte, source string) (*config.Config, error) {
@@ -95,11 +104,17 @@ func parseDefaulted(data []byte, source string) (*config.Config, error) {
 }
 
 // served is the report for the Server's status.served.
-func (r *reloader) served() hyperdhcpv1beta1.ServedStatus {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return hyperdhcpv1beta1.ServedStatus{Generation: r.serving.Generation(), Since: metav1.NewTime(r.servedSince),
-		RefusedGeneration: r.refused, RefusedMessage: r.refusedBecause}
+func (r *reloader) served() hyperdhcpv1beta1.ServedStatus { return *r.report.Load() }
+
+// publish updates the report and wakes the status reporter; r.mu is held
+// (or r not yet shared).
+func (r *reloader) publish() {
+	r.report.Store(&hyperdhcpv1beta1.ServedStatus{Generation: r.serving.Generation(), Since: metav1.NewTime(r.servedSince),
+		RefusedGeneration: r.refused, RefusedMessage: r.refusedBecause})
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
 }
 
 // pollFile reads the configuration file every filePoll until ctx ends.
@@ -113,15 +128,16 @@ func (r *reloader) pollFile(ctx context.Context) {
 		case <-ticker.C:
 		}
 		data, err := os.ReadFile(r.path)
-		if err != nil {
+		if err != nil || len(data) == 0 {
 			// A mounted ConfigMap is swapped by symlink and never missing
-			// for long; the next poll reads it.
+			// for long, and an editor may truncate before it writes: the
+			// next poll reads it.
 			continue
 		}
 		r.mu.Lock()
 		if !bytes.Equal(data, r.lastFile) {
 			r.lastFile = data
-			r.offer(data, "file "+r.path)
+			r.offer(data, sourceFile)
 		}
 		r.mu.Unlock()
 	}
@@ -153,7 +169,7 @@ func (r *reloader) watchConfigMap(ctx context.Context, restConfig *rest.Config, 
 		}
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		r.offer([]byte(data), "ConfigMap "+k.ServerNamespace+"/"+k.ConfigMap)
+		r.offer([]byte(data), sourceConfigMap)
 	}
 	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    seen,
@@ -180,18 +196,33 @@ func (r *reloader) watchErrors(k *config.Kubernetes) toolscache.WatchErrorHandle
 	}
 }
 
+// Where an edit comes from.
+const (
+	sourceFile      = "file"
+	sourceConfigMap = "ConfigMap"
+)
+
 // offer considers configuration data from source; r.mu is held.
+//
+// A newer generation is applied from either source. The same generation
+// with other content comes from the operator alone (a namespace's consent
+// given or withdrawn changes kubevirt.namespaces, not the Server): it is
+// applied from the ConfigMap watch, which sees every change in order, and
+// not from the file, which the kubelet may refresh with a version the watch
+// has already gone past.
 func (r *reloader) offer(data []byte, source string) {
-	next, err := parseDefaulted(data, source)
+	next, err := parseDefaulted(data, "the edited configuration")
 	if err != nil {
-		r.refuse(0, err)
+		r.refuse(generationOf(data), err)
 		return
 	}
-	generation := next.Generation()
-	switch served := r.serving.Generation(); {
-	case generation != 0 && generation <= served:
-		return // what is served already, or older: the other source is behind
-	case generation == 0 && served == 0 && sameConfig(next, r.fileView):
+	generation, served := next.Generation(), r.serving.Generation()
+	switch {
+	case generation < served:
+		return // the other source is behind
+	case generation == served && sameConfig(next, r.fileView):
+		return // what is served already
+	case generation == served && generation != 0 && source == sourceFile:
 		return
 	}
 	// The spec first: a broken edit is refused as such, not taken for one
@@ -236,7 +267,20 @@ func (r *reloader) offer(data []byte, source string) {
 	r.metrics.Serving(generation)
 	r.log.Info("configuration applied without a restart", "generation", generation, "source", source,
 		"took", time.Since(start).Round(time.Microsecond).String())
-	r.signal()
+	r.publish()
+}
+
+// generationOf reads the Server generation of configuration data that does
+// not parse strictly (a field this hyperdhcpd does not know), so that the
+// refusal names it and the operator reports it.
+func generationOf(data []byte) int64 {
+	var loose struct {
+		Kubernetes struct {
+			ServerGeneration int64 `json:"serverGeneration"`
+		} `json:"kubernetes"`
+	}
+	_ = yaml.Unmarshal(data, &loose)
+	return loose.Kubernetes.ServerGeneration
 }
 
 // refuse reports an edit that cannot be applied, once per edit.
@@ -248,14 +292,7 @@ func (r *reloader) refuse(generation int64, err error) {
 	r.metrics.ConfigChange(changeRefused)
 	r.log.Error("the edited configuration is refused: serving the one before it", "generation", generation,
 		"serving", r.serving.Generation(), "error", err)
-	r.signal()
-}
-
-func (r *reloader) signal() {
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
+	r.publish()
 }
 
 // sameConfig tells whether a and b say the same.

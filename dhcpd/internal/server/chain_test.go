@@ -1,7 +1,9 @@
 package server
 
 import (
+	"fmt"
 	"net"
+	"sync"
 	"testing"
 
 	"github.com/coredhcp/coredhcp/handler"
@@ -20,6 +22,42 @@ import (
 
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 )
+
+var (
+	stockOnce  sync.Once
+	stockSteps []handler.Handler4
+	stockErr   error
+)
+
+// stockChain sets CoreDHCP's stock plugins up for the spec of
+// TestChainAnswersLikeTheStockPlugins, once per process (they append to
+// package variables), with allocate after serverid.
+func stockChain(t *testing.T, allocate handler.Handler4) []handler.Handler4 {
+	stockOnce.Do(func() {
+		for _, s := range []struct {
+			plugin plugins.Plugin
+			args   []string
+		}{
+			{serverid.Plugin, []string{"192.168.50.2"}},
+			{netmask.Plugin, []string{"255.255.255.0"}},
+			{router.Plugin, []string{"192.168.50.1"}},
+			{dns.Plugin, []string{"192.168.50.53", "9.9.9.9"}},
+			{mtu.Plugin, []string{"1450"}},
+			{searchdomains.Plugin, []string{"lab.example", "example"}},
+			{staticroute.Plugin, []string{"0.0.0.0/0,192.168.50.1", "10.20.0.0/16,192.168.50.254"}},
+		} {
+			h, err := s.plugin.Setup4(s.args...)
+			if err != nil {
+				stockErr = fmt.Errorf("%s: %w", s.plugin.Name, err)
+				return
+			}
+			stockSteps = append(stockSteps, h)
+		}
+	})
+	require.NoError(t, stockErr)
+	chain := []handler.Handler4{stockSteps[0], allocate}
+	return append(chain, stockSteps[1:]...)
+}
 
 // TestChainAnswersLikeTheStockPlugins builds the chain's options for a spec
 // that sets every one of them and the chain CoreDHCP's stock plugins made
@@ -46,26 +84,7 @@ func TestChainAnswersLikeTheStockPlugins(t *testing.T) {
 	ours, err := BuildChain(&spec, allocate)
 	require.NoError(t, err)
 
-	stock := []handler.Handler4{}
-	for _, s := range []struct {
-		plugin plugins.Plugin
-		args   []string
-	}{
-		{serverid.Plugin, []string{"192.168.50.2"}},
-		{netmask.Plugin, []string{"255.255.255.0"}},
-		{router.Plugin, []string{"192.168.50.1"}},
-		{dns.Plugin, []string{"192.168.50.53", "9.9.9.9"}},
-		{mtu.Plugin, []string{"1450"}},
-		{searchdomains.Plugin, []string{"lab.example", "example"}},
-		{staticroute.Plugin, []string{"0.0.0.0/0,192.168.50.1", "10.20.0.0/16,192.168.50.254"}},
-	} {
-		h, err := s.plugin.Setup4(s.args...)
-		require.NoError(t, err, s.plugin.Name)
-		stock = append(stock, h)
-		if s.plugin.Name == serverid.Plugin.Name {
-			stock = append(stock, allocate)
-		}
-	}
+	stock := stockChain(t, allocate)
 	extra, err := extraOptions(&spec)
 	require.NoError(t, err)
 	stock = append(stock, extra.Handler4)

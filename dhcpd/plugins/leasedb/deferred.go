@@ -108,9 +108,13 @@ func (d *Deferred) Conflict(req *dhcpv4.DHCPv4, ip netip.Addr, mac net.HardwareA
 	if !ok {
 		return
 	}
-	d.db.locked(func(now time.Time) { d.db.alloc.decline(c, ip, now) })
+	var probation time.Duration
+	d.db.locked(func(now time.Time) {
+		d.db.alloc.decline(c, ip, now)
+		probation = d.db.alloc.probation // the allocator is replaced by Reconfigure, under the lock
+	})
 	d.db.log.Warn("address in use on the network: not offered, quarantined", "ip", ip, "mac", mac.String(),
-		"client", c.id, "probation", d.db.alloc.probation)
+		"client", c.id, "probation", probation)
 }
 
 // Durable waits until the leases the replies to reqs grant are written, with

@@ -186,8 +186,8 @@ func newTestBed(t *testing.T, mutate func(*config.Config)) *testBed {
 	return b
 }
 
-// edit changes the configuration file; a running server reads it when it
-// is started again, as a pod rolled by the operator would.
+// edit changes the configuration file; a running server applies what it
+// can of it, the rest when it is started again.
 func (b *testBed) edit(mutate func(*config.Config)) {
 	b.t.Helper()
 	if mutate != nil {
@@ -195,7 +195,11 @@ func (b *testBed) edit(mutate func(*config.Config)) {
 	}
 	data, err := b.cfg.Marshal()
 	require.NoError(b.t, err)
-	require.NoError(b.t, os.WriteFile(b.config, data, 0o600))
+	// Replaced in one step, as the kubelet swaps a mounted ConfigMap: a
+	// running server reads its file for edits and must never see half.
+	next := b.config + ".next"
+	require.NoError(b.t, os.WriteFile(next, data, 0o600))
+	require.NoError(b.t, os.Rename(next, b.config))
 }
 
 // quietNamespace brings up loopback and turns IPv6 off, so only our DHCP

@@ -219,7 +219,12 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	}()
 
 	if err := server.Validate(); err != nil {
-		// Retrying cannot fix a spec: report it and wait for an edit.
+		// Retrying cannot fix a spec: report it and wait for an edit. The
+		// pod already running keeps serving the spec before it: Ready
+		// follows it still.
+		if d := (&appsv1.Deployment{}); r.Get(ctx, types.NamespacedName{Namespace: server.Namespace, Name: render.Name(server)}, d) == nil {
+			setDeploymentConditions(server, d)
+		}
 		setInvalidSpec(server, err)
 		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonInvalidSpec, "Validate", "%v", err)
 		return ctrl.Result{}, nil

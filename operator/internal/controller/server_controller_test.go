@@ -157,8 +157,7 @@ func TestReadyWhenTheDeploymentIsAvailable(t *testing.T) {
 	d := &appsv1.Deployment{}
 	eventually(t, d, key(ns, render.Name(server)), func() bool { return true }, "Deployment created")
 	// Play the deployment controller: one available replica.
-	d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
-	require.NoError(t, admin.Status().Update(t.Context(), d))
+	markAvailable(t, d)
 	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
 		return meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady) &&
 			meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionProgressing)
@@ -172,6 +171,19 @@ func TestReadyWhenTheDeploymentIsAvailable(t *testing.T) {
 // TestOnlyRestartOnlyEditsRollThePod: an edit hyperdhcpd applies live
 // changes the ConfigMap, not the pod template; an edit of serverIP changes
 // both, so the pod rolls.
+// markAvailable reports d's pod available, as the Deployment controller
+// would (envtest runs none); the operator may be writing d meanwhile.
+func markAvailable(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := admin.Get(t.Context(), client.ObjectKeyFromObject(d), d); err != nil {
+			return err
+		}
+		d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
+		return admin.Status().Update(t.Context(), d)
+	}))
+}
+
 func TestOnlyRestartOnlyEditsRollThePod(t *testing.T) {
 	ns := newNamespace(t)
 	server := newServer(t, ns, "lab", nil)
@@ -201,8 +213,7 @@ func TestServedGenerationDrivesProgressingAndRefusalsDegrade(t *testing.T) {
 	name := render.Name(server)
 	d := &appsv1.Deployment{}
 	eventually(t, d, key(ns, name), func() bool { return true }, "Deployment created")
-	d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
-	require.NoError(t, admin.Status().Update(t.Context(), d))
+	markAvailable(t, d)
 	report := func(served hyperdhcpv1beta1.ServedStatus) {
 		t.Helper()
 		data, err := json.Marshal(map[string]any{"status": map[string]any{"served": served}})
@@ -243,6 +254,27 @@ func TestServedGenerationDrivesProgressingAndRefusalsDegrade(t *testing.T) {
 		return meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded) &&
 			meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionProgressing)
 	}, "serving generation 2: neither degraded nor progressing")
+
+	// An invalid edit is not rendered; Ready still follows the pod that
+	// serves the spec before it.
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) {
+		s.Pools = append(s.Pools, hyperdhcpv1beta1.AddressRange{Start: s.Pools[0].Start, End: s.Pools[0].Start})
+	})
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		c := meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded)
+		return c != nil && c.Reason == hyperdhcpv1beta1.ReasonInvalidSpec && strings.Contains(c.Message, "keeps serving generation 2") &&
+			meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady)
+	}, "Degraded=True, InvalidSpec, naming the generation served; Ready stays")
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := admin.Get(t.Context(), client.ObjectKeyFromObject(d), d); err != nil {
+			return err
+		}
+		d.Status.AvailableReplicas, d.Status.ReadyReplicas = 0, 0
+		return admin.Status().Update(t.Context(), d)
+	}))
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		return meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady)
+	}, "the pod went away: Ready=False, even with the spec invalid")
 }
 
 func TestDriftIsRepaired(t *testing.T) {
