@@ -92,29 +92,40 @@ func TestReconfigureRefusesABadEditAndKeepsServing(t *testing.T) {
 }
 
 // BenchmarkReconfigure measures the pause an edit puts on the packet path
-// (Reconfigure runs while no packet is answered) with a full /16.
+// (Reconfigure runs while no packet is answered): a /24 and a /16 full of
+// bound leases.
 func BenchmarkReconfigure(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "leases.db")
-	store, err := OpenSQLite(path)
-	require.NoError(b, err)
-	opts := Options{Server: netip.MustParsePrefix("10.0.0.1/16"), Pools: []Range{pool("10.0.1.0", "10.0.255.254")}, Store: store}
-	rows := make([]Change, 0, 65000)
-	next := netip.MustParseAddr("10.0.1.0")
-	for i := range 65000 {
-		hw := net.HardwareAddr{2, 0, byte(i >> 16), byte(i >> 8), byte(i), 1}
-		rows = append(rows, Change{Lease: Lease{IP: next, ClientID: "hw:" + hw.String(), MAC: hw, State: StateBound, Expires: time.Now().Add(time.Hour)}})
-		next = next.Next()
-	}
-	require.NoError(b, store.Apply(b.Context(), rows))
-	db, err := New(b.Context(), opts)
-	require.NoError(b, err)
-	defer db.Close()
-	b.ResetTimer()
-	for i := range b.N {
-		opts.LeaseTime = time.Hour + time.Duration(i%2)*time.Minute
-		if err := db.Reconfigure(opts); err != nil {
-			b.Fatal(err)
-		}
+	for _, size := range []struct {
+		name, server, first string
+		leases              int
+	}{
+		{"leases=250", "10.0.0.1/24", "10.0.0.2", 250},
+		{"leases=65000", "10.0.0.1/16", "10.0.1.0", 65000},
+	} {
+		b.Run(size.name, func(b *testing.B) {
+			store, err := OpenSQLite(filepath.Join(b.TempDir(), "leases.db"))
+			require.NoError(b, err)
+			first := netip.MustParseAddr(size.first)
+			last := first
+			rows := make([]Change, 0, size.leases)
+			for i := range size.leases {
+				hw := net.HardwareAddr{2, 0, byte(i >> 16), byte(i >> 8), byte(i), 1}
+				rows = append(rows, Change{Lease: Lease{IP: last, ClientID: "hw:" + hw.String(), MAC: hw, State: StateBound, Expires: time.Now().Add(time.Hour)}})
+				last = last.Next()
+			}
+			require.NoError(b, store.Apply(b.Context(), rows))
+			opts := Options{Server: netip.MustParsePrefix(size.server), Pools: []Range{{First: first, Last: last}}, Store: store}
+			db, err := New(b.Context(), opts)
+			require.NoError(b, err)
+			defer db.Close()
+			b.ResetTimer()
+			for i := range b.N {
+				opts.LeaseTime = time.Hour + time.Duration(i%2)*time.Minute
+				if err := db.Reconfigure(opts); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
