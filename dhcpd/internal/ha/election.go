@@ -1,0 +1,213 @@
+// Package ha makes two hyperdhcpd replicas a hot-standby pair (see
+// docs/design/ha.md): a Kubernetes Lease decides which one is active, the
+// active replicates every batch of lease changes to the standby and
+// acknowledges a lease only once both have it on disk, and an epoch (the
+// Lease's transition count) fences off a former active.
+package ha
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+)
+
+// Lease timings: the standby takes over at most LeaseDuration+RetryPeriod
+// after the active's last renewal.
+const (
+	LeaseDuration = 6 * time.Second
+	RenewDeadline = 4 * time.Second
+	RetryPeriod   = time.Second
+	// freshMargin is taken off the Lease's duration when the holder judges
+	// whether its Lease still stands, for clocks that run at slightly
+	// different rates.
+	freshMargin = time.Second
+)
+
+// InSyncLabel on the Lease says whether the standby holds every lease the
+// active granted; the active sets it to "false" before it grants one alone.
+const InSyncLabel = "hyperdhcp.io/standby-in-sync"
+
+// Election stands for the Lease on behalf of one replica.
+type Election struct {
+	leases    coordinationv1client.LeasesGetter
+	namespace string
+	name      string
+	identity  string
+	lock      *trackedLock
+	log       *slog.Logger
+
+	leading atomic.Bool
+	// renewed is when the last successful write of our record was sent
+	// (Unix nanoseconds); epoch is the Lease's transition count then.
+	renewed atomic.Int64
+	epoch   atomic.Int64
+
+	// OnStartedLeading is called when the replica took the Lease, with
+	// the epoch and whether the former holder left the standby in sync.
+	OnStartedLeading func(epoch int64, inSync bool)
+	// OnStoppedLeading is called when the replica lost the Lease.
+	OnStoppedLeading func()
+}
+
+// NewElection returns the election of the Lease namespace/name, in which
+// this replica is identity.
+func NewElection(cfg *rest.Config, namespace, name, identity string, log *slog.Logger) (*Election, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.UserAgent = "hyperdhcpd"
+	client, err := coordinationv1client.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("lease election client: %w", err)
+	}
+	e := &Election{leases: client, namespace: namespace, name: name, identity: identity, log: log}
+	e.lock = &trackedLock{
+		inner:    &resourcelock.LeaseLock{LeaseMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}, Client: client, LockConfig: resourcelock.ResourceLockConfig{Identity: identity}},
+		election: e,
+	}
+	return e, nil
+}
+
+// Fresh tells whether this replica holds the Lease and no other replica
+// can have taken it: until the Lease's duration, less a margin, after the
+// last renewal was sent.
+func (e *Election) Fresh(now time.Time) bool {
+	return e.leading.Load() && now.Before(time.Unix(0, e.renewed.Load()).Add(LeaseDuration-freshMargin))
+}
+
+// Epoch is the Lease's transition count when this replica last held it.
+func (e *Election) Epoch() int64 { return e.epoch.Load() }
+
+// Run stands for the Lease whenever eligible says the replica may (a
+// standby in sync), until ctx ends.
+func (e *Election) Run(ctx context.Context, eligible func() bool) {
+	for ctx.Err() == nil {
+		if !eligible() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		elector, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+			Lock:          e.lock,
+			LeaseDuration: LeaseDuration,
+			RenewDeadline: RenewDeadline,
+			RetryPeriod:   RetryPeriod,
+			Name:          e.name,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: e.startedLeading,
+				OnStoppedLeading: func() {
+					if e.leading.Swap(false) && e.OnStoppedLeading != nil {
+						e.OnStoppedLeading()
+					}
+				},
+			},
+		})
+		if err != nil {
+			e.log.Error("cannot stand for the Lease", "error", err)
+			return
+		}
+		elector.Run(ctx)
+	}
+}
+
+func (e *Election) startedLeading(ctx context.Context) {
+	inSync := true
+	lease, err := e.leases.Leases(e.namespace).Get(ctx, e.name, metav1.GetOptions{})
+	if err == nil && lease.Labels[InSyncLabel] == "false" {
+		inSync = false
+	}
+	e.leading.Store(true)
+	e.log.Info("took the Lease: active", "lease", e.namespace+"/"+e.name, "epoch", e.Epoch(), "standby_was_in_sync", inSync)
+	if e.OnStartedLeading != nil {
+		e.OnStartedLeading(e.Epoch(), inSync)
+	}
+}
+
+// MayStand tells whether a replica that is not in sync with an active may
+// still stand for the Lease: when the pair never had an active (no Lease
+// yet), or when it was itself the last holder (an active holds every lease
+// it acknowledged). Otherwise only a standby in sync may.
+func (e *Election) MayStand(ctx context.Context) (bool, error) {
+	lease, err := e.leases.Leases(e.namespace).Get(ctx, e.name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	return lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == e.identity, nil
+}
+
+// SetInSync records on the Lease whether the standby holds every lease;
+// only the holder may call it. It does not count as a renewal: the record
+// the other replica watches does not change.
+func (e *Election) SetInSync(ctx context.Context, inSync bool) error {
+	return e.lock.setLabel(ctx, InSyncLabel, fmt.Sprint(inSync))
+}
+
+// trackedLock is the Lease lock, noting when the elector's writes of our
+// record were sent and the epoch they carry.
+type trackedLock struct {
+	inner    *resourcelock.LeaseLock
+	election *Election
+	mu       sync.Mutex
+	last     *resourcelock.LeaderElectionRecord
+}
+
+func (l *trackedLock) Get(ctx context.Context) (*resourcelock.LeaderElectionRecord, []byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.inner.Get(ctx)
+}
+
+func (l *trackedLock) Create(ctx context.Context, record resourcelock.LeaderElectionRecord) error {
+	return l.write(ctx, record, l.inner.Create)
+}
+
+func (l *trackedLock) Update(ctx context.Context, record resourcelock.LeaderElectionRecord) error {
+	return l.write(ctx, record, l.inner.Update)
+}
+
+func (l *trackedLock) write(ctx context.Context, record resourcelock.LeaderElectionRecord,
+	write func(context.Context, resourcelock.LeaderElectionRecord) error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sent := time.Now()
+	if err := write(ctx, record); err != nil {
+		return err
+	}
+	if record.HolderIdentity == l.inner.Identity() {
+		l.last = &record
+		l.election.renewed.Store(sent.UnixNano())
+		l.election.epoch.Store(int64(record.LeaderTransitions))
+	}
+	return nil
+}
+
+func (l *trackedLock) setLabel(ctx context.Context, key, value string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last == nil || !l.election.leading.Load() {
+		return fmt.Errorf("not holding the Lease")
+	}
+	l.inner.Labels = map[string]string{key: value}
+	if err := l.inner.Update(ctx, *l.last); err != nil {
+		return fmt.Errorf("label the Lease %s=%s: %w", key, value, err)
+	}
+	return nil
+}
+
+func (l *trackedLock) RecordEvent(string) {}
+func (l *trackedLock) Identity() string   { return l.inner.Identity() }
+func (l *trackedLock) Describe() string   { return l.inner.Describe() }

@@ -1,0 +1,448 @@
+package ha
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
+)
+
+const (
+	// peerTimeout bounds a replication round trip; a standby that does not
+	// answer within it is taken for gone and the active goes on alone.
+	peerTimeout = time.Second
+	// heartbeatEvery is how often the active tells the standby where the
+	// stream is when no batch goes.
+	heartbeatEvery = 500 * time.Millisecond
+	maxBatchBytes  = 64 << 20
+)
+
+// Errors of Apply on a replica that may not acknowledge.
+var (
+	// ErrNotActive: the replica does not hold a fresh Lease.
+	ErrNotActive = errors.New("not the active replica (no fresh Lease)")
+	// ErrFenced: the standby has seen a newer epoch: another replica is
+	// active.
+	ErrFenced = errors.New("fenced: the other replica holds a newer epoch")
+)
+
+// batch is one replication message: changes of one group commit (none for
+// a heartbeat), numbered within the sender's epoch.
+type batch struct {
+	Epoch   int64            `json:"epoch"`
+	Seq     uint64           `json:"seq"`
+	Changes []leasedb.Change `json:"changes,omitempty"`
+}
+
+// snapshot is every lease of the active and where its stream stands.
+type snapshot struct {
+	Epoch  int64           `json:"epoch"`
+	Seq    uint64          `json:"seq"`
+	Leases []leasedb.Lease `json:"leases"`
+}
+
+// TLSFiles authenticate the pair: both replicas present a certificate of
+// the pair's CA and accept only such a peer.
+type TLSFiles struct {
+	CA, Cert, Key string
+}
+
+// Replica is one replica's side of the pair. As the active it is the lease
+// database's Store: Apply writes the local database and the standby's
+// together. As the standby it serves the active's batches (ServeHTTP) into
+// the local database.
+type Replica struct {
+	local    leasedb.Store
+	election *Election
+	peerURL  string
+	client   *http.Client
+	log      *slog.Logger
+
+	// mu orders everything the stream carries: the active's batches and
+	// snapshots, the standby's applying and catching up.
+	mu sync.Mutex
+	// epoch and seq: where the stream stands (sent as the active, applied
+	// as the standby).
+	epoch int64
+	seq   uint64
+	// synced: as the standby, the local database holds the stream up to
+	// seq (it caught up since it started); as the active, the standby
+	// answered the last batch.
+	synced bool
+	// alone: as the active, the Lease says the standby is not in sync.
+	alone bool
+
+	// replicated counts batches the standby confirmed, for the lag metric.
+	lastConfirmed atomic.Int64
+	catchingUp    atomic.Bool
+}
+
+// NewReplica returns the replica of local, whose peer is at peerURL
+// (https://host:port), authenticated by files.
+func NewReplica(local leasedb.Store, election *Election, peerURL string, files TLSFiles, log *slog.Logger) (*Replica, error) {
+	config, err := pairTLS(files)
+	if err != nil {
+		return nil, err
+	}
+	transport := &http.Transport{TLSClientConfig: config, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}
+	return &Replica{
+		local: local, election: election, peerURL: peerURL, log: log,
+		client: &http.Client{Transport: transport, Timeout: peerTimeout},
+	}, nil
+}
+
+// pairTLS is the TLS configuration both ends use: the pair's certificate,
+// and a peer accepted only with a certificate of the pair's CA. Names are
+// not checked: the replicas reach each other by address, and holding a key
+// the pair's CA signed is what makes a peer.
+func pairTLS(files TLSFiles) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(files.Cert, files.Key)
+	if err != nil {
+		return nil, fmt.Errorf("replication certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(files.CA)
+	if err != nil {
+		return nil, fmt.Errorf("replication CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("replication CA %s: no PEM certificate", files.CA)
+	}
+	verify := func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return errors.New("the peer sent no certificate")
+		}
+		leaf, err := x509.ParseCertificate(raw[0])
+		if err != nil {
+			return err
+		}
+		intermediates := x509.NewCertPool()
+		for _, r := range raw[1:] {
+			if c, err := x509.ParseCertificate(r); err == nil {
+				intermediates.AddCert(c)
+			}
+		}
+		_, err = leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: intermediates,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		return err
+	}
+	return &tls.Config{
+		Certificates:          []tls.Certificate{cert},
+		MinVersion:            tls.VersionTLS13,
+		ClientAuth:            tls.RequireAnyClientCert,
+		InsecureSkipVerify:    true, //nolint:gosec // VerifyPeerCertificate checks the chain to the pair's CA
+		VerifyPeerCertificate: verify,
+	}, nil
+}
+
+// Listen serves the replication endpoints on addr until ctx ends.
+func (r *Replica) Listen(ctx context.Context, addr string, files TLSFiles) error {
+	config, err := pairTLS(files)
+	if err != nil {
+		return err
+	}
+	listener, err := tls.Listen("tcp", addr, config)
+	if err != nil {
+		return fmt.Errorf("listen for replication on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
+	context.AfterFunc(ctx, func() { _ = srv.Close() })
+	go func() {
+		if err := srv.Serve(listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.log.Error("replication endpoint stopped", "error", err)
+		}
+	}()
+	return nil
+}
+
+// Load implements leasedb.Store.
+func (r *Replica) Load(ctx context.Context) ([]leasedb.Lease, error) { return r.local.Load(ctx) }
+
+// Close implements leasedb.Store; the local store stays open for the
+// replica (it is closed by whoever opened it).
+func (r *Replica) Close() error { return nil }
+
+// Apply implements leasedb.Store for the active: the batch is written to
+// the local database and sent to the standby at once, and Apply succeeds
+// only when both have it, or the local database alone while the Lease says
+// the standby is not in sync. It fails while this replica's Lease is not
+// fresh, before and after the write, so no ACK leaves a former active.
+func (r *Replica) Apply(ctx context.Context, changes []leasedb.Change) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.election.Fresh(time.Now()) {
+		return ErrNotActive
+	}
+	next := batch{Epoch: r.election.Epoch(), Seq: r.seq + 1, Changes: changes}
+	if next.Epoch != r.epoch {
+		// A new term: the standby catches up from a snapshot of it.
+		r.epoch, r.seq, r.synced = next.Epoch, 0, false
+		next.Seq = 1
+	}
+	var peerErr error
+	var wg sync.WaitGroup
+	if r.synced {
+		wg.Go(func() { peerErr = r.send(ctx, next) })
+	}
+	localErr := r.local.Apply(ctx, changes)
+	wg.Wait()
+	if localErr != nil {
+		// Rows are whole: the committer writes them again, in a new batch.
+		return localErr
+	}
+	r.seq = next.Seq
+	switch {
+	case !r.synced:
+	case peerErr == nil:
+		r.lastConfirmed.Store(time.Now().UnixNano())
+	case errors.Is(peerErr, ErrFenced):
+		return peerErr
+	default:
+		r.synced = false
+		r.log.Warn("the standby did not take a batch: going on alone", "error", peerErr)
+	}
+	if !r.synced && !r.alone {
+		if err := r.election.SetInSync(ctx, false); err != nil {
+			return fmt.Errorf("the standby is not in sync and the Lease cannot say so: %w", err)
+		}
+		r.alone = true
+	}
+	if !r.election.Fresh(time.Now()) {
+		return ErrNotActive
+	}
+	return nil
+}
+
+// send posts b to the standby and waits for its answer.
+func (r *Replica) send(ctx context.Context, b batch) error {
+	body, err := json.Marshal(b)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, peerTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.peerURL+"/v1/batch", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return nil
+	case http.StatusConflict:
+		return fmt.Errorf("%w: %s", ErrFenced, bytes.TrimSpace(msg))
+	default:
+		return fmt.Errorf("standby answered %s: %s", resp.Status, bytes.TrimSpace(msg))
+	}
+}
+
+// Heartbeat tells the standby where the stream stands every
+// heartbeatEvery while this replica is active, until ctx ends; a standby
+// that answers again after a gap and has caught up is in sync once more,
+// and the Lease says so.
+func (r *Replica) Heartbeat(ctx context.Context) {
+	ticker := time.NewTicker(heartbeatEvery)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		r.mu.Lock()
+		if r.election.Fresh(time.Now()) && r.epoch == r.election.Epoch() {
+			err := r.send(ctx, batch{Epoch: r.epoch, Seq: r.seq})
+			switch {
+			case err == nil:
+				r.lastConfirmed.Store(time.Now().UnixNano())
+				if !r.synced {
+					r.synced = true
+					r.log.Info("the standby is in sync again", "epoch", r.epoch, "seq", r.seq)
+				}
+				if r.alone {
+					if err := r.election.SetInSync(ctx, true); err == nil {
+						r.alone = false
+					}
+				}
+			case r.synced:
+				r.synced = false
+				r.log.Warn("the standby does not answer heartbeats", "error", err)
+			}
+		} else if r.election.Fresh(time.Now()) {
+			// The first batch of a term: start the stream so the standby catches up.
+			r.epoch, r.seq, r.synced = r.election.Epoch(), 0, false
+		}
+		r.mu.Unlock()
+	}
+}
+
+// ServeHTTP serves the standby's side (POST /v1/batch) and the active's
+// (GET /v1/snapshot).
+func (r *Replica) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	switch {
+	case req.Method == http.MethodPost && req.URL.Path == "/v1/batch":
+		r.receive(w, req)
+	case req.Method == http.MethodGet && req.URL.Path == "/v1/snapshot":
+		r.serveSnapshot(w, req)
+	default:
+		http.NotFound(w, req)
+	}
+}
+
+// receive applies a batch as the standby: one of the current epoch that
+// follows the last is written, then confirmed; one of an older epoch is
+// refused (fencing); a gap or a newer epoch starts a catch-up.
+func (r *Replica) receive(w http.ResponseWriter, req *http.Request) {
+	var b batch
+	if err := json.NewDecoder(io.LimitReader(req.Body, maxBatchBytes)).Decode(&b); err != nil {
+		http.Error(w, "bad batch: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if r.election.Fresh(time.Now()) {
+		http.Error(w, "this replica is active", http.StatusConflict)
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case b.Epoch < r.epoch || b.Epoch < r.election.Epoch():
+		http.Error(w, fmt.Sprintf("epoch %d is older than %d", b.Epoch, max(r.epoch, r.election.Epoch())), http.StatusConflict)
+		return
+	case !r.synced || b.Epoch > r.epoch || b.Seq > r.seq+1 || (len(b.Changes) > 0 && b.Seq != r.seq+1):
+		r.startCatchUp()
+		http.Error(w, "catching up", http.StatusPreconditionFailed)
+		return
+	case len(b.Changes) == 0:
+		w.WriteHeader(http.StatusOK) // a heartbeat where the stream stands
+		return
+	}
+	if err := r.local.Apply(req.Context(), b.Changes); err != nil {
+		http.Error(w, "write: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	r.seq = b.Seq
+	w.WriteHeader(http.StatusOK)
+}
+
+// serveSnapshot sends every lease and where the stream stands, between two
+// batches, while this replica is active.
+func (r *Replica) serveSnapshot(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.election.Fresh(time.Now()) || r.epoch != r.election.Epoch() {
+		http.Error(w, "not the active replica", http.StatusConflict)
+		return
+	}
+	leases, err := r.local.Load(req.Context())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(snapshot{Epoch: r.epoch, Seq: r.seq, Leases: leases})
+}
+
+// startCatchUp fetches a snapshot from the active in the background;
+// r.mu is held.
+func (r *Replica) startCatchUp() {
+	r.synced = false
+	if r.catchingUp.Swap(true) {
+		return
+	}
+	go func() {
+		defer r.catchingUp.Store(false)
+		if err := r.CatchUp(context.Background()); err != nil {
+			r.log.Warn("catching up with the active failed; retried at its next batch", "error", err)
+		}
+	}()
+}
+
+// CatchUp makes the local database equal to the active's snapshot; the
+// replica is in sync (and may stand for the Lease) once it succeeded.
+func (r *Replica) CatchUp(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.peerURL+"/v1/snapshot", nil)
+	if err != nil {
+		return err
+	}
+	client := *r.client
+	client.Timeout = 30 * time.Second
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("fetch snapshot: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fmt.Errorf("fetch snapshot: %s: %s", resp.Status, bytes.TrimSpace(msg))
+	}
+	var s snapshot
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return fmt.Errorf("read snapshot: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.election.Fresh(time.Now()) {
+		return errors.New("this replica became active")
+	}
+	mine, err := r.local.Load(ctx)
+	if err != nil {
+		return err
+	}
+	changes := make([]leasedb.Change, 0, len(s.Leases)+len(mine))
+	theirs := make(map[string]bool, len(s.Leases))
+	for _, l := range s.Leases {
+		theirs[l.IP.String()] = true
+		changes = append(changes, leasedb.Change{Lease: l})
+	}
+	for _, l := range mine {
+		if !theirs[l.IP.String()] {
+			changes = append(changes, leasedb.Change{Lease: l, Delete: true})
+		}
+	}
+	if err := r.local.Apply(ctx, changes); err != nil {
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	r.epoch, r.seq, r.synced = s.Epoch, s.Seq, true
+	r.log.Info("caught up with the active", "leases", len(s.Leases), "epoch", s.Epoch, "seq", s.Seq)
+	return nil
+}
+
+// InSync tells whether, as the standby, the local database holds the
+// active's stream (the replica may stand for the Lease); as the active,
+// whether the standby answered the last batch or heartbeat.
+func (r *Replica) InSync() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.synced
+}
+
+// Lag is how long ago the standby last confirmed a batch or heartbeat, as
+// seen by the active.
+func (r *Replica) Lag(now time.Time) time.Duration {
+	last := r.lastConfirmed.Load()
+	if last == 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, last))
+}
+
+var _ leasedb.Store = (*Replica)(nil)
