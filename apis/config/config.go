@@ -64,6 +64,29 @@ type Config struct {
 	// Kubernetes connects hyperdhcpd to the API server to report its pool
 	// usage in its Server's status. Unset outside a cluster.
 	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
+
+	// HighAvailability makes hyperdhcpd one replica of a hot-standby pair
+	// (docs/design/ha.md). It needs kubernetes: a Lease there decides which
+	// replica is active.
+	HighAvailability *HighAvailability `json:"highAvailability,omitempty"`
+}
+
+// HighAvailability is this replica's place in the pair.
+type HighAvailability struct {
+	// Replica names this replica: its identity in the Lease.
+	Replica string `json:"replica"`
+	// Lease is the name of the coordination.k8s.io Lease (in the Server's
+	// namespace) the replicas stand for.
+	Lease string `json:"lease"`
+	// Listen is where this replica serves replication (host:port).
+	Listen string `json:"listen"`
+	// Peer is the other replica's replication endpoint (https://host:port).
+	Peer string `json:"peer"`
+	// CA, Cert and Key are PEM files: the pair's CA and the certificate
+	// both replicas present; a peer without one of the CA's is refused.
+	CA   string `json:"ca"`
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
 }
 
 // Kubernetes says which Server hyperdhcpd serves and how to reach the API.
@@ -179,6 +202,18 @@ func (c *Config) Validate() error {
 		}
 		if k.StatusInterval != nil && k.StatusInterval.Duration < time.Second {
 			errs = append(errs, field.Invalid(path.Child("statusInterval"), k.StatusInterval.String(), "must be at least 1s"))
+		}
+	}
+	if ha := c.HighAvailability; ha != nil {
+		path := field.NewPath("highAvailability")
+		if c.Kubernetes == nil {
+			errs = append(errs, field.Required(field.NewPath("kubernetes"), "high availability elects the active replica with a Lease"))
+		}
+		for _, f := range []struct{ name, value string }{{"replica", ha.Replica}, {"lease", ha.Lease}, {"listen", ha.Listen},
+			{"peer", ha.Peer}, {"ca", ha.CA}, {"cert", ha.Cert}, {"key", ha.Key}} {
+			if f.value == "" {
+				errs = append(errs, field.Required(path.Child(f.name), "needed for high availability"))
+			}
 		}
 	}
 	if len(errs) > 0 {

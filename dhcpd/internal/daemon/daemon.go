@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -147,41 +148,74 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 	}
 	vmsRef.Store(vms)
 	defer func() { vmsRef.Load().stop() }()
-	opts, err := leaseOptions(cfg, vms)
-	if err != nil {
-		store.Close()
-		return err
-	}
-	loadStart := time.Now()
-	db, err := leasedb.New(ctx, opts)
-	if err != nil {
-		store.Close()
-		return err
-	}
-	defer db.Close()
-	dbRef.Store(db)
-	log.Info("leases loaded", "took", time.Since(loadStart), "pool", db.Stats())
-	vms.releaseDeletedVMs(db, log)
+	vms.releaseDeletedVMs(&dbRef, log)
 
 	probing := *cfg.Server.ConflictDetection.Enabled
-	deferred := db.Deferred(probing)
-	chain, err := server.BuildChain(&cfg.Server, deferred.Handler4)
-	if err != nil {
-		return err
-	}
-	srvOpts := server.Options{Durable: deferred}
+	var prober *probe.Prober
+	srvOpts := server.Options{}
 	if probing {
 		// Before the DHCP port is bound: without CAP_NET_RAW this fails here.
-		prober, err := probe.Open(cfg.Interface, cfg.Server.ConflictDetection.Timeout.Duration)
-		if err != nil {
+		if prober, err = probe.Open(cfg.Interface, cfg.Server.ConflictDetection.Timeout.Duration); err != nil {
+			store.Close()
 			return err
 		}
 		go prober.Run(ctx)
-		deferred.OnReleased(prober.RememberFree)
 		srvOpts.Prober = prober
 		if k := cfg.Kubernetes; k != nil {
 			srvOpts.OnConflict = conflictEvents(ctx, k, cfg.DeclineProbation.Duration, log)
 		}
+	}
+
+	// The lease database answers while this hyperdhcpd is active: from the
+	// start, or as a replica of a pair once it holds the Lease. Until then
+	// the gate drops every packet.
+	gate := &activeGate{metrics: metrics}
+	srvOpts.Durable = gate
+	var servingCfg atomic.Pointer[config.Config]
+	servingCfg.Store(cfg)
+	var activating sync.Mutex // activation against edits
+	defer func() {
+		db := dbRef.Load()
+		if db != nil {
+			db.Close() // a replica's database closes the replication, not the file
+		}
+		if db == nil || cfg.HighAvailability != nil {
+			store.Close()
+		}
+	}()
+	activate := func(leases leasedb.Store) error {
+		activating.Lock()
+		defer activating.Unlock()
+		opts, err := leaseOptions(servingCfg.Load(), vmsRef.Load())
+		if err != nil {
+			return err
+		}
+		opts.Store = leases
+		loadStart := time.Now()
+		db, err := leasedb.New(ctx, opts)
+		if err != nil {
+			return err
+		}
+		log.Info("leases loaded", "took", time.Since(loadStart), "pool", db.Stats())
+		deferred := db.Deferred(probing)
+		if prober != nil {
+			deferred.OnReleased(prober.RememberFree)
+		}
+		dbRef.Store(db)
+		gate.deferred.Store(deferred)
+		return nil
+	}
+
+	if cfg.HighAvailability == nil {
+		// Before the DHCP port is bound: a database that cannot be read
+		// ends hyperdhcpd here.
+		if err := activate(store); err != nil {
+			return err
+		}
+	}
+	chain, err := server.BuildChain(&cfg.Server, gate.Handler4)
+	if err != nil {
+		return err
 	}
 	conn, err := server4.NewIPv4UDPConn(cfg.Interface, &net.UDPAddr{Port: cfg.Port})
 	if err != nil {
@@ -192,10 +226,20 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 	srv := server.New(conn, chain, srvOpts, metrics, log)
 	srvRef.Store(srv)
 
+	ctx, lostLease := context.WithCancelCause(ctx)
+	defer lostLease(nil)
+	if cfg.HighAvailability != nil {
+		if err := startReplica(ctx, cfg, store, activate, lostLease, metrics, log); err != nil {
+			return err
+		}
+	}
+
 	// An edit: a new chain and lease options, and a new VM watch when the
 	// KubeVirt settings changed (synced before the swap, so no VM goes
 	// unknown), swapped in between two packets.
 	apply := func(next *config.Config) error {
+		activating.Lock()
+		defer activating.Unlock()
 		current := vmsRef.Load()
 		nextVMs := current
 		var err error
@@ -207,9 +251,17 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 		opts, err := leaseOptions(next, nextVMs)
 		if err == nil {
 			var chain []handler.Handler4
-			if chain, err = server.BuildChain(&next.Server, deferred.Handler4); err == nil {
-				err = srv.Reconfigure(func() ([]handler.Handler4, error) { return chain, db.Reconfigure(opts) })
+			if chain, err = server.BuildChain(&next.Server, gate.Handler4); err == nil {
+				err = srv.Reconfigure(func() ([]handler.Handler4, error) {
+					if db := dbRef.Load(); db != nil {
+						return chain, db.Reconfigure(opts)
+					}
+					return chain, nil
+				})
 			}
+		}
+		if err == nil {
+			servingCfg.Store(next)
 		}
 		if nextVMs == current {
 			return err
@@ -218,7 +270,7 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 			nextVMs.stop()
 			return err
 		}
-		nextVMs.releaseDeletedVMs(db, log)
+		nextVMs.releaseDeletedVMs(&dbRef, log)
 		vmsRef.Store(nextVMs)
 		current.stop()
 		return nil
@@ -237,23 +289,31 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 			case <-ctx.Done():
 				return
 			case <-ticker.C:
-				if n := db.Reclaim(); n > 0 {
-					log.Debug("reclaimed expired leases", "count", n)
+				if db := dbRef.Load(); db != nil {
+					if n := db.Reclaim(); n > 0 {
+						log.Debug("reclaimed expired leases", "count", n)
+					}
 				}
 			}
 		}
 	}()
 
 	if k := cfg.Kubernetes; k != nil {
-		startStatusReporter(ctx, k, db.Stats, db.StorageFault, storageChanged, reload, log)
+		// In a pair, the active replica reports the pool and its storage.
+		active := func() bool { return dbRef.Load() != nil }
+		stats := func() leasedb.Stats { return dbRef.Load().Stats() }
+		fault := func() (time.Time, error) { return dbRef.Load().StorageFault() }
+		startStatusReporter(ctx, k, active, stats, fault, storageChanged, reload, log)
 	}
-
 	log.Info("serving DHCP", "interface", cfg.Interface, "port", cfg.Port, "server", cfg.Server.ServerIP,
-		"generation", cfg.Generation(), "metrics", cfg.MetricsAddress)
+		"generation", cfg.Generation(), "metrics", cfg.MetricsAddress, "active", dbRef.Load() != nil)
 	ready.Store(true)
 	err = srv.Serve(ctx)
 	ready.Store(false)
 	log.Info("stopped serving DHCP")
+	if cause := context.Cause(ctx); errors.Is(cause, errLostLease) {
+		return cause
+	}
 	return err
 }
 
@@ -292,11 +352,15 @@ func (vms *vmWatch) stop() {
 
 // releaseDeletedVMs frees a deleted VM's leases when the watch says it is
 // gone for good.
-func (vms *vmWatch) releaseDeletedVMs(db *leasedb.LeaseDB, log *slog.Logger) {
+func (vms *vmWatch) releaseDeletedVMs(dbRef *atomic.Pointer[leasedb.LeaseDB], log *slog.Logger) {
 	if vms == nil {
 		return
 	}
 	vms.watcher.OnVMGone(func(namespace, name string) {
+		db := dbRef.Load()
+		if db == nil {
+			return // a standby: the active frees them
+		}
 		n := db.ReleaseKeys(leasedb.VMKeyPrefix + namespace + "/" + name + "/")
 		log.Info("VM deleted: its leases are free again", "vm", namespace+"/"+name, "leases", n)
 	})
@@ -365,7 +429,7 @@ func watchVMs(ctx context.Context, cfg *config.Config, metrics *server.Metrics, 
 // startStatusReporter keeps the Server's status.pool and
 // status.leaseStorage current. Without an API server hyperdhcpd still
 // serves DHCP: problems are logged, not fatal.
-func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func() leasedb.Stats, storage func() (time.Time, error),
+func startStatusReporter(ctx context.Context, k *config.Kubernetes, active func() bool, stats func() leasedb.Stats, storage func() (time.Time, error),
 	storageChanged <-chan struct{}, reload *reloader, log *slog.Logger) {
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
@@ -379,6 +443,7 @@ func startStatusReporter(ctx context.Context, k *config.Kubernetes, stats func()
 	}
 	reporter.WatchStorage(storage, storageChanged)
 	reporter.WatchServed(reload.served, reload.changed)
+	reporter.OnlyWhile(active)
 	go reporter.Run(ctx)
 	if k.ConfigMap != "" {
 		if err := reload.watchConfigMap(ctx, restConfig, k); err != nil {

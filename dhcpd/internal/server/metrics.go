@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,8 @@ const (
 	DropSendFailed    = "send_failed"
 	// DropAddressesInUse: every address probed for a DISCOVER was in use.
 	DropAddressesInUse = "probed_addresses_in_use"
+	// DropStandby: this replica of a pair is the standby; the active answers.
+	DropStandby = "standby"
 )
 
 // Metrics are hyperdhcpd's Prometheus metrics, in their own registry.
@@ -40,6 +43,10 @@ type Metrics struct {
 	// servedGeneration and configChanges tell when an edit is live.
 	servedGeneration prometheus.Gauge
 	configChanges    *prometheus.CounterVec
+	// A replica of a pair: its role, failovers to it and the standby's lag.
+	haActive     prometheus.Gauge
+	haTakeovers  prometheus.Counter
+	haLagSeconds prometheus.Gauge
 }
 
 // NewMetrics registers every metric; pool reports the pool usage on scrape.
@@ -90,6 +97,15 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 			Name: "hyperdhcpd_address_conflicts_total",
 			Help: "Addresses found in use on the network by a probe before an OFFER, and quarantined.",
 		}),
+		haActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hyperdhcpd_ha_active", Help: "1 while this replica of a pair is the active one, 0 while it is the standby.",
+		}),
+		haTakeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hyperdhcpd_ha_takeovers_total", Help: "Times this replica took the Lease and became active.",
+		}),
+		haLagSeconds: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hyperdhcpd_ha_replication_lag_seconds", Help: "On the active: time since the standby last confirmed a batch or heartbeat.",
+		}),
 		servedGeneration: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hyperdhcpd_config_generation",
 			Help: "The metadata.generation of the Server spec being served (0 outside Kubernetes).",
@@ -104,11 +120,38 @@ func NewMetrics(pool func() leasedb.Stats) *Metrics {
 	}
 	m.storageUp.Set(1)
 	poolDesc := prometheus.NewDesc("hyperdhcpd_pool_addresses", "Addresses of all pools, by state.", []string{"state"}, nil)
-	m.Registry.MustRegister(m.servedGeneration, m.configChanges, m.received, m.sent, m.dropped, m.refused, m.pinsRefused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors, m.storageUp, m.storageFaults,
+	m.Registry.MustRegister(m.servedGeneration, m.configChanges, m.haActive, m.haTakeovers, m.haLagSeconds, m.received, m.sent, m.dropped, m.refused, m.pinsRefused, m.handleDuration, m.commitBatch, m.commitDuration, m.commitErrors, m.storageUp, m.storageFaults,
 		m.conflicts, m.probes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		poolCollector{desc: poolDesc, stats: pool})
 	return m
+}
+
+// Role records whether this replica is active.
+func (m *Metrics) Role(active bool) {
+	if active {
+		m.haActive.Set(1)
+	} else {
+		m.haActive.Set(0)
+	}
+}
+
+// Failover counts a takeover of the Lease by this replica.
+func (m *Metrics) Failover() { m.haTakeovers.Inc() }
+
+// WatchLag samples lag (the standby's, seen by the active) every second
+// until ctx ends.
+func (m *Metrics) WatchLag(ctx context.Context, lag func(time.Time) time.Duration) {
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-ticker.C:
+			m.haLagSeconds.Set(lag(now).Seconds())
+		}
+	}
 }
 
 // Serving records the Server generation now served.

@@ -49,7 +49,12 @@ type Reporter struct {
 	// servedChanged wakes the reporter when either changes.
 	served        func() hyperdhcpv1beta1.ServedStatus
 	servedChanged <-chan struct{}
+	active        func() bool
 }
+
+// OnlyWhile makes the reporter write only while active returns true: of a
+// pair of replicas, the active one reports. Call it before Run.
+func (r *Reporter) OnlyWhile(active func() bool) { r.active = active }
 
 // WatchServed makes the reporter write status.served from served, at once
 // whenever changed fires. Call it before Run.
@@ -148,7 +153,9 @@ func (r *Reporter) Run(ctx context.Context) {
 	ticker := time.NewTicker(r.interval)
 	defer ticker.Stop()
 	for {
-		if now := r.current(last); now.changedFrom(last) || time.Since(lastSent) > refreshEvery {
+		if r.active != nil && !r.active() {
+			// A standby: nothing of its own to say.
+		} else if now := r.current(last); now.changedFrom(last) || time.Since(lastSent) > refreshEvery {
 			if err := r.patch(ctx, now); err != nil {
 				r.log.Warn("could not report pool usage and lease storage", "server", r.namespace+"/"+r.name, "error", err)
 			} else {

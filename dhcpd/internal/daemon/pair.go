@@ -1,0 +1,121 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/hyperdhcp/hyperdhcp/apis/config"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/ha"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/server"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/status"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
+)
+
+// errLostLease ends a replica that was active and lost the Lease: its
+// memory may hold what the new active never saw, so it starts over as a
+// standby (the kubelet restarts it) and catches up.
+var errLostLease = errors.New("lost the Lease to the other replica: restarting as the standby")
+
+// activeGate is the allocating step of the chain and the server's
+// Deferrer: the lease database's while this hyperdhcpd is active, a drop
+// of every packet before. It turns active once per process (a replica that
+// loses the Lease exits), so a batch is never decided by one database and
+// made durable by another.
+type activeGate struct {
+	deferred atomic.Pointer[leasedb.Deferred]
+	metrics  *server.Metrics
+}
+
+func (g *activeGate) Handler4(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
+	d := g.deferred.Load()
+	if d == nil {
+		g.metrics.Dropped(server.DropStandby)
+		return nil, true
+	}
+	return d.Handler4(req, resp)
+}
+
+func (g *activeGate) Durable(ctx context.Context, reqs []*dhcpv4.DHCPv4, sendable []bool) {
+	if d := g.deferred.Load(); d != nil {
+		d.Durable(ctx, reqs, sendable)
+		return
+	}
+	clear(sendable)
+}
+
+func (g *activeGate) ProbeFirst(req *dhcpv4.DHCPv4) (netip.Addr, bool) {
+	if d := g.deferred.Load(); d != nil {
+		return d.ProbeFirst(req)
+	}
+	return netip.Addr{}, false
+}
+
+func (g *activeGate) Conflict(req *dhcpv4.DHCPv4, ip netip.Addr, mac net.HardwareAddr) {
+	if d := g.deferred.Load(); d != nil {
+		d.Conflict(req, ip, mac)
+	}
+}
+
+// startReplica makes this hyperdhcpd a replica of its pair: it serves
+// replication, catches up with the active, stands for the Lease while it
+// may, and activates with the replicated store once it holds the Lease.
+// Losing the Lease ends the process (lost).
+func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, activate func(leasedb.Store) error,
+	lost context.CancelCauseFunc, metrics *server.Metrics, log *slog.Logger) error {
+	pair, k := cfg.HighAvailability, cfg.Kubernetes
+	restConfig, err := status.RESTConfig(k.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("high availability: %w", err)
+	}
+	log = log.With("replica", pair.Replica)
+	election, err := ha.NewElection(restConfig, k.ServerNamespace, pair.Lease, pair.Replica, log)
+	if err != nil {
+		return err
+	}
+	files := ha.TLSFiles{CA: pair.CA, Cert: pair.Cert, Key: pair.Key}
+	replica, err := ha.NewReplica(store, election, pair.Peer, files, log)
+	if err != nil {
+		return err
+	}
+	if err := replica.Listen(ctx, pair.Listen, files); err != nil {
+		return err
+	}
+	metrics.Role(false)
+	election.OnStartedLeading = func(epoch int64, inSync bool) {
+		if err := activate(replica); err != nil {
+			lost(fmt.Errorf("activate after taking the Lease: %w", err))
+			return
+		}
+		metrics.Role(true)
+		metrics.Failover()
+		log.Info("active: answering DHCP", "epoch", epoch, "standby_was_in_sync", inSync)
+	}
+	election.OnStoppedLeading = func() {
+		metrics.Role(false)
+		lost(errLostLease)
+	}
+	go func() {
+		// A fresh standby asks at once; afterwards the active's heartbeats
+		// find any gap.
+		if err := replica.CatchUp(ctx); err != nil {
+			log.Info("no active to catch up with yet", "error", err)
+		}
+	}()
+	go replica.Heartbeat(ctx)
+	go metrics.WatchLag(ctx, replica.Lag)
+	go election.Run(ctx, func() bool {
+		if replica.InSync() {
+			return true
+		}
+		ok, err := election.MayStand(ctx)
+		return err == nil && ok
+	})
+	return nil
+}
