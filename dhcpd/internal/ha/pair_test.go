@@ -2,14 +2,7 @@ package ha
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -31,37 +24,11 @@ import (
 func pairCerts(t *testing.T) (files, foreign TLSFiles) {
 	t.Helper()
 	dir := t.TempDir()
-	write := func(name string, block *pem.Block) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, pem.EncodeToMemory(block), 0o600))
-		return path
-	}
-	issue := func(prefix string) TLSFiles {
-		caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		require.NoError(t, err)
-		caTemplate := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: prefix + " CA"},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-			KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-		caDER, err := x509.CreateCertificate(rand.Reader, caTemplate, caTemplate, &caKey.PublicKey, caKey)
-		require.NoError(t, err)
-		ca, err := x509.ParseCertificate(caDER)
-		require.NoError(t, err)
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		require.NoError(t, err)
-		leafDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2),
-			Subject: pkix.Name{CommonName: prefix + " replica"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
-			ca, &key.PublicKey, caKey)
-		require.NoError(t, err)
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		require.NoError(t, err)
-		return TLSFiles{
-			CA:   write(prefix+"-ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-			Cert: write(prefix+"-cert.pem", &pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
-			Key:  write(prefix+"-key.pem", &pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-		}
-	}
-	return issue("pair"), issue("foreign")
+	pair, err := testenv.WritePairCerts(dir, "pair")
+	require.NoError(t, err)
+	other, err := testenv.WritePairCerts(dir, "foreign")
+	require.NoError(t, err)
+	return TLSFiles(pair), TLSFiles(other)
 }
 
 func freeAddr(t *testing.T) string {

@@ -89,6 +89,7 @@ var requiredTools = map[string]string{
 	"runc":     "runc",
 	"skopeo":   "skopeo",
 	"nft":      "nftables",
+	"tcpdump":  "tcpdump",
 }
 
 // ensurePackages installs the Debian packages of missing tools.

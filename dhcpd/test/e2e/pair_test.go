@@ -1,0 +1,310 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/hyperdhcp/hyperdhcp/apis/config"
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/testenv"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
+)
+
+const standbyIP = "192.168.50.3"
+
+// pairBed is a hot-standby pair on the test bed's network: replica lab-0
+// is the bed's server (192.168.50.2, br0 in the server namespace), replica
+// lab-1 runs in a namespace of its own on the same bridge (192.168.50.3).
+// They replicate over that network and elect through envtest's Lease.
+type pairBed struct {
+	*testBed
+	second     *client // the namespace replica lab-1 runs in
+	config1    string
+	database1  string
+	log1       string
+	process1   *exec.Cmd
+	exited1    chan error
+	kubeconfig string
+}
+
+func newPairBed(t *testing.T) *pairBed {
+	t.Helper()
+	_, _, kubeconfig, apiHost := startAPIServer(t)
+	b := newTestBed(t, nil)
+	certs, err := testenv.WritePairCerts(b.dir, "pair")
+	require.NoError(t, err)
+	p := &pairBed{testBed: b, kubeconfig: kubeconfig}
+	p.second = b.addClient("02:00:5e:00:00:03")
+	sh(t, "ip", "-n", p.second.ns, "addr", "add", standbyIP+"/24", "dev", "eth0")
+	forwardAPIServer(t, b.serverNS, apiHost)
+	forwardAPIServer(t, p.second.ns, apiHost)
+
+	replica := func(name, self, peer string) *config.HighAvailability {
+		return &config.HighAvailability{Replica: name, Lease: "hyperdhcpd-lab", Listen: self + ":8068", Peer: "https://" + peer + ":8068",
+			CA: certs.CA, Cert: certs.Cert, Key: certs.Key}
+	}
+	b.edit(func(c *config.Config) {
+		c.Server.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(false)}
+		c.Kubernetes = &config.Kubernetes{ServerName: "lab", ServerNamespace: "default", Kubeconfig: kubeconfig}
+		c.HighAvailability = replica("lab-0", "192.168.50.2", standbyIP)
+	})
+	second := *b.cfg
+	second.Server = *b.cfg.Server.DeepCopy()
+	second.Server.ServerIP = standbyIP + "/24"
+	second.Server.NetworkAttachment.Interface = "eth0"
+	p.database1 = filepath.Join(p.second.dir, "leases.db")
+	second.LeaseDatabase = p.database1
+	second.HighAvailability = replica("lab-1", standbyIP, "192.168.50.2")
+	data, err := second.Marshal()
+	require.NoError(t, err)
+	p.config1 = filepath.Join(p.second.dir, "hyperdhcpd.yaml")
+	require.NoError(t, os.WriteFile(p.config1, data, 0o600))
+	p.log1 = filepath.Join(p.second.dir, "hyperdhcpd.log")
+	t.Cleanup(func() {
+		p.stopSecond(syscall.SIGKILL)
+		if t.Failed() {
+			log, _ := os.ReadFile(p.log1)
+			t.Logf("replica lab-1 log:\n%s", log)
+		}
+	})
+	return p
+}
+
+// startSecond runs replica lab-1 and waits until it serves.
+func (p *pairBed) startSecond() {
+	p.t.Helper()
+	logFile, err := os.OpenFile(p.log1, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	require.NoError(p.t, err)
+	defer logFile.Close()
+	cmd := exec.Command("ip", "netns", "exec", p.second.ns, hyperdhcpd, "serve", "--config", p.config1, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	require.NoError(p.t, cmd.Start())
+	p.process1, p.exited1 = cmd, make(chan error, 1)
+	go func() { p.exited1 <- cmd.Wait() }()
+	require.Eventually(p.t, func() bool { return countIn(p.log1, "serving DHCP") > 0 }, 15*time.Second, 50*time.Millisecond)
+}
+
+func (p *pairBed) stopSecond(sig syscall.Signal) {
+	if p.process1 == nil {
+		return
+	}
+	_ = p.process1.Process.Signal(sig)
+	select {
+	case <-p.exited1:
+	case <-time.After(10 * time.Second):
+		_ = p.process1.Process.Kill()
+		<-p.exited1
+	}
+	p.process1 = nil
+}
+
+func countIn(path, text string) int {
+	data, _ := os.ReadFile(path)
+	return strings.Count(string(data), text)
+}
+
+// active tells whether the replica in namespace ns says it is active.
+func active(ns string) bool {
+	out, err := exec.Command("ip", "netns", "exec", ns, "busybox", "wget", "-qO-", metricsURL).Output()
+	return err == nil && strings.Contains(string(out), "\nhyperdhcpd_ha_active 1\n")
+}
+
+// obtainFrom runs udhcpc once in a new client namespace until it has a
+// lease (retrying every second for up to 30 s) and returns the address and
+// the server that granted it.
+func (p *pairBed) obtainFrom(mac string, extra ...string) (ip, server string) {
+	p.t.Helper()
+	c := p.addClient(mac)
+	args := append([]string{"busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", c.hook(false), "-t", "30", "-T", "1"}, extra...)
+	out := c.run(40*time.Second, args...)
+	events := c.events()
+	require.NotEmpty(p.t, events, "%s", out)
+	last := events[len(events)-1]
+	return last.env["ip"], last.env["serverid"]
+}
+
+// storedBound is what a replica's database holds bound, by address.
+func storedBound(t *testing.T, path string) map[string]string {
+	t.Helper()
+	store, err := leasedb.OpenSQLite(path)
+	require.NoError(t, err)
+	defer store.Close()
+	rows, err := store.Load(context.Background())
+	require.NoError(t, err)
+	out := map[string]string{}
+	for _, r := range rows {
+		if r.State == leasedb.StateBound {
+			out[r.IP.String()] = r.MAC.String()
+		}
+	}
+	return out
+}
+
+// TestPairTakesOverWhenTheActiveIsKilled: with the active killed (-9),
+// the standby answers new clients within the Lease's duration, holds every
+// lease the active acknowledged (its clients get their addresses again),
+// and no address goes to two clients; the killed replica comes back as the
+// standby and catches up.
+func TestPairTakesOverWhenTheActiveIsKilled(t *testing.T) {
+	p := newPairBed(t)
+	p.startServer()
+	require.Eventually(t, func() bool { return active(p.serverNS) }, 20*time.Second, 100*time.Millisecond, "lab-0 takes the Lease")
+	p.startSecond()
+	require.Eventually(t, func() bool { return countIn(p.log1, "caught up with the active") > 0 }, 20*time.Second, 100*time.Millisecond)
+	// The active's next heartbeat finds the standby in sync.
+	require.Eventually(t, func() bool { return countIn(p.logPath, "the standby is in sync again") > 0 }, 10*time.Second, 100*time.Millisecond)
+
+	owner := map[string]string{} // address → MAC, over the whole test
+	record := func(mac, ip string) {
+		if prev, ok := owner[ip]; ok && prev != mac {
+			t.Errorf("%s was ACKed to %s and to %s", ip, prev, mac)
+		}
+		owner[ip] = mac
+	}
+	var before []string
+	for i := range 5 {
+		mac := fmt.Sprintf("02:00:5e:70:00:%02x", i)
+		ip, server := p.obtainFrom(mac)
+		assert.Equal(t, "192.168.50.2", server, "the active answers")
+		record(mac, ip)
+		before = append(before, mac)
+	}
+	standby := storedBound(t, p.database1)
+	for ip, mac := range owner {
+		assert.Equal(t, mac, standby[ip], "the standby has %s's lease on %s before the ACK left", mac, ip)
+	}
+	assert.False(t, active(p.second.ns), "the standby does not answer")
+
+	killed := time.Now()
+	require.NoError(t, p.server.Process.Kill())
+	<-p.exited
+	p.server = nil
+	ip, server := p.obtainFrom("02:00:5e:70:01:00")
+	takeover := time.Since(killed)
+	t.Logf("a new client got %s from %s %s after the active was killed", ip, server, takeover.Round(time.Millisecond))
+	assert.Equal(t, standbyIP, server, "the standby took over")
+	record("02:00:5e:70:01:00", ip)
+
+	// The active's clients come back (INIT-REBOOT, their address asked
+	// for): the survivor knows every one of their leases.
+	for i, mac := range before {
+		var held string
+		for a, m := range owner {
+			if m == mac {
+				held = a
+			}
+		}
+		got, server := p.obtainFrom(mac, "-r", held)
+		assert.Equal(t, held, got, "client %d keeps its address across the failover", i)
+		assert.Equal(t, standbyIP, server)
+		record(mac, got)
+	}
+
+	// The killed replica restarts as the standby and catches up.
+	p.startServer()
+	require.Eventually(t, func() bool { return countIn(p.logPath, "caught up with the active") > 0 }, 20*time.Second, 100*time.Millisecond)
+	assert.False(t, active(p.serverNS), "the restarted replica is the standby")
+	assert.True(t, active(p.second.ns))
+}
+
+// TestPausedActiveAcknowledgesNothingAfterTakeover: the active is paused
+// (SIGSTOP) for longer than the Lease; the standby takes over; resumed,
+// the former active sends no ACK (the clients' records say who answered)
+// and exits to come back as the standby.
+func TestPausedActiveAcknowledgesNothingAfterTakeover(t *testing.T) {
+	p := newPairBed(t)
+	p.startServer()
+	require.Eventually(t, func() bool { return active(p.serverNS) }, 20*time.Second, 100*time.Millisecond)
+	p.startSecond()
+	require.Eventually(t, func() bool { return countIn(p.logPath, "the standby is in sync again") > 0 }, 20*time.Second, 100*time.Millisecond)
+	capture := p.captureDHCP()
+	first := "02:00:5e:71:00:01"
+	held, server := p.obtainFrom(first)
+	require.Equal(t, "192.168.50.2", server)
+
+	require.NoError(t, p.server.Process.Signal(syscall.SIGSTOP))
+	require.Eventually(t, func() bool { return active(p.second.ns) }, 15*time.Second, 100*time.Millisecond, "the standby takes over")
+	tookOver := time.Now()
+	// Clients ask while the former active is still paused: their packets
+	// wait in its socket for when it resumes, among them an INIT-REBOOT
+	// REQUEST, which names no server and which it would ACK if it could.
+	got, server := p.obtainFrom(first, "-r", held)
+	assert.Equal(t, held, got)
+	assert.Equal(t, standbyIP, server)
+	for i := range 3 {
+		_, server := p.obtainFrom(fmt.Sprintf("02:00:5e:71:01:%02x", i))
+		assert.Equal(t, standbyIP, server)
+	}
+	require.NoError(t, p.server.Process.Signal(syscall.SIGCONT))
+	select {
+	case <-p.exited:
+		p.server = nil
+	case <-time.After(15 * time.Second):
+		t.Fatal("the former active did not step down")
+	}
+	assert.Positive(t, countIn(p.logPath, "lost the Lease"))
+	time.Sleep(500 * time.Millisecond) // the capture's last lines
+	acks := capture.acksFrom("192.168.50.2")
+	require.NotEmpty(t, acks, "the capture saw the former active's ACKs before the pause")
+	for _, at := range acks {
+		assert.True(t, at.Before(tookOver), "an ACK from the former active at %s, after the takeover at %s", at, tookOver)
+	}
+}
+
+// dhcpCapture is tcpdump's decoded view of the DHCP packets on the bridge.
+type dhcpCapture struct{ path string }
+
+// captureDHCP records every DHCP packet on the bridge until the test ends.
+func (p *pairBed) captureDHCP() *dhcpCapture {
+	p.t.Helper()
+	path := filepath.Join(p.dir, "dhcp.txt")
+	out, err := os.Create(path)
+	require.NoError(p.t, err)
+	cmd := exec.Command("ip", "netns", "exec", p.serverNS, "tcpdump", "-i", "br0", "-n", "-tt", "-l", "-v", "udp port 67 or udp port 68")
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(p.t, cmd.Start())
+	p.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		out.Close()
+	})
+	require.Eventually(p.t, func() bool { return countIn(path, "listening on br0") > 0 }, 5*time.Second, 50*time.Millisecond)
+	return &dhcpCapture{path: path}
+}
+
+// acksFrom returns when each DHCPACK from server was on the wire.
+func (c *dhcpCapture) acksFrom(server string) []time.Time {
+	data, _ := os.ReadFile(c.path)
+	var acks []time.Time
+	var at time.Time
+	var from bool
+	for _, line := range strings.Split(string(data), "\n") {
+		if line != "" && line[0] >= '0' && line[0] <= '9' {
+			// A packet: "1764500000.123456 IP (tos ...)" then its addresses.
+			var sec, usec int64
+			if _, err := fmt.Sscanf(line, "%d.%d", &sec, &usec); err == nil {
+				at = time.Unix(sec, usec*1000)
+			}
+			from = false
+			continue
+		}
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(trimmed, server+".67 >") {
+			from = true
+		}
+		if from && strings.Contains(trimmed, "DHCP-Message (53)") && strings.HasSuffix(trimmed, "ACK") {
+			acks = append(acks, at)
+		}
+	}
+	return acks
+}
