@@ -325,7 +325,9 @@ func (r *Replica) receive(w http.ResponseWriter, req *http.Request) {
 	case b.Epoch < r.epoch || b.Epoch < r.election.Epoch():
 		http.Error(w, fmt.Sprintf("epoch %d is older than %d", b.Epoch, max(r.epoch, r.election.Epoch())), http.StatusConflict)
 		return
-	case !r.synced || b.Epoch > r.epoch || b.Seq > r.seq+1 || (len(b.Changes) > 0 && b.Seq != r.seq+1):
+	case !r.synced || b.Epoch > r.epoch || len(b.Changes) == 0 && b.Seq != r.seq || len(b.Changes) > 0 && b.Seq != r.seq+1:
+		// Behind (or the active started over): every batch the active
+		// applied alone must be here before this replica is in sync.
 		r.startCatchUp()
 		http.Error(w, "catching up", http.StatusPreconditionFailed)
 		return

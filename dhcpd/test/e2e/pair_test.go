@@ -13,9 +13,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
+	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/ha"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/testenv"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/plugins/leasedb"
 )
@@ -35,19 +38,22 @@ type pairBed struct {
 	process1   *exec.Cmd
 	exited1    chan error
 	kubeconfig string
+	k8s        crclient.Client
+	// cutAPI0 and cutAPI1 take the API server away from one replica.
+	cutAPI0, cutAPI1 func()
 }
 
 func newPairBed(t *testing.T) *pairBed {
 	t.Helper()
-	_, _, kubeconfig, apiHost := startAPIServer(t)
+	_, k8s, kubeconfig, apiHost := startAPIServer(t)
 	b := newTestBed(t, nil)
 	certs, err := testenv.WritePairCerts(b.dir, "pair")
 	require.NoError(t, err)
-	p := &pairBed{testBed: b, kubeconfig: kubeconfig}
+	p := &pairBed{testBed: b, kubeconfig: kubeconfig, k8s: k8s}
 	p.second = b.addClient("02:00:5e:00:00:03")
 	sh(t, "ip", "-n", p.second.ns, "addr", "add", standbyIP+"/24", "dev", "eth0")
-	forwardAPIServer(t, b.serverNS, apiHost)
-	forwardAPIServer(t, p.second.ns, apiHost)
+	p.cutAPI0 = forwardAPIServer(t, b.serverNS, apiHost)
+	p.cutAPI1 = forwardAPIServer(t, p.second.ns, apiHost)
 
 	replica := func(name, self, peer string) *config.HighAvailability {
 		return &config.HighAvailability{Replica: name, Lease: "hyperdhcpd-lab", Listen: self + ":8068", Peer: "https://" + peer + ":8068",
@@ -157,12 +163,7 @@ func storedBound(t *testing.T, path string) map[string]string {
 // standby and catches up.
 func TestPairTakesOverWhenTheActiveIsKilled(t *testing.T) {
 	p := newPairBed(t)
-	p.startServer()
-	require.Eventually(t, func() bool { return active(p.serverNS) }, 20*time.Second, 100*time.Millisecond, "lab-0 takes the Lease")
-	p.startSecond()
-	require.Eventually(t, func() bool { return countIn(p.log1, "caught up with the active") > 0 }, 20*time.Second, 100*time.Millisecond)
-	// The active's next heartbeat finds the standby in sync.
-	require.Eventually(t, func() bool { return countIn(p.logPath, "the standby is in sync again") > 0 }, 10*time.Second, 100*time.Millisecond)
+	p.up()
 
 	owner := map[string]string{} // address → MAC, over the whole test
 	record := func(mac, ip string) {
@@ -223,10 +224,7 @@ func TestPairTakesOverWhenTheActiveIsKilled(t *testing.T) {
 // and exits to come back as the standby.
 func TestPausedActiveAcknowledgesNothingAfterTakeover(t *testing.T) {
 	p := newPairBed(t)
-	p.startServer()
-	require.Eventually(t, func() bool { return active(p.serverNS) }, 20*time.Second, 100*time.Millisecond)
-	p.startSecond()
-	require.Eventually(t, func() bool { return countIn(p.logPath, "the standby is in sync again") > 0 }, 20*time.Second, 100*time.Millisecond)
+	p.up()
 	capture := p.captureDHCP()
 	first := "02:00:5e:71:00:01"
 	held, server := p.obtainFrom(first)
@@ -259,6 +257,79 @@ func TestPausedActiveAcknowledgesNothingAfterTakeover(t *testing.T) {
 	for _, at := range acks {
 		assert.True(t, at.Before(tookOver), "an ACK from the former active at %s, after the takeover at %s", at, tookOver)
 	}
+}
+
+// up starts both replicas, lab-0 first, and waits until the standby is in
+// sync.
+func (p *pairBed) up() {
+	p.t.Helper()
+	p.startServer()
+	require.Eventually(p.t, func() bool { return active(p.serverNS) }, 20*time.Second, 100*time.Millisecond, "lab-0 takes the Lease")
+	p.startSecond()
+	require.Eventually(p.t, func() bool { return countIn(p.logPath, "the standby is in sync again") > 0 }, 20*time.Second, 100*time.Millisecond)
+}
+
+// inSyncLabel is what the Lease says of the standby.
+func (p *pairBed) inSyncLabel() string {
+	lease := &coordinationv1.Lease{}
+	if err := p.k8s.Get(context.Background(), crclient.ObjectKey{Namespace: "default", Name: "hyperdhcpd-lab"}, lease); err != nil {
+		return "error: " + err.Error()
+	}
+	return lease.Labels[ha.InSyncLabel]
+}
+
+// TestReplicationCutLeavesTheActiveServingAlone: with the link between the
+// replicas cut, the active marks the Lease (standby not in sync) and goes
+// on alone; the standby does not take over, since the active keeps its
+// Lease; once the link is back the standby catches up, the Lease says so,
+// and it holds what the active granted alone.
+func TestReplicationCutLeavesTheActiveServingAlone(t *testing.T) {
+	p := newPairBed(t)
+	p.up()
+	require.Eventually(t, func() bool { return p.inSyncLabel() != "false" }, 5*time.Second, 100*time.Millisecond)
+	cut := func(ns, peer string) func() {
+		nft := func(args ...string) { sh(t, "ip", append([]string{"netns", "exec", ns, "nft"}, args...)...) }
+		nft("add", "table", "inet", "replication")
+		nft("add", "chain", "inet", "replication", "out", "{ type filter hook output priority 0; }")
+		nft("add", "rule", "inet", "replication", "out", "ip", "daddr", peer, "tcp", "dport", "8068", "drop")
+		nft("add", "rule", "inet", "replication", "out", "ip", "daddr", peer, "tcp", "sport", "8068", "drop")
+		return func() { sh(t, "ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "replication") }
+	}
+	restore0, restore1 := cut(p.serverNS, standbyIP), cut(p.second.ns, "192.168.50.2")
+
+	ip, server := p.obtainFrom("02:00:5e:72:00:01")
+	assert.Equal(t, "192.168.50.2", server, "the active answers alone")
+	assert.Equal(t, "false", p.inSyncLabel(), "after marking the Lease")
+	assert.Positive(t, countIn(p.logPath, "going on alone"))
+	time.Sleep(ha.LeaseDuration + 2*ha.RetryPeriod)
+	assert.False(t, active(p.second.ns), "the standby does not take a Lease the active renews")
+	assert.NotContains(t, storedBound(t, p.database1), ip)
+
+	restore0()
+	restore1()
+	require.Eventually(t, func() bool { return p.inSyncLabel() == "true" }, 15*time.Second, 100*time.Millisecond, "in sync again")
+	assert.Equal(t, "02:00:5e:72:00:01", storedBound(t, p.database1)[ip], "the standby caught up with the lease granted alone")
+}
+
+// TestActiveCutFromTheAPIHandsOver: the active loses its way to the API
+// server, so it cannot renew its Lease: it stops acknowledging and exits
+// (to come back as the standby), and the standby, in sync, takes over.
+func TestActiveCutFromTheAPIHandsOver(t *testing.T) {
+	p := newPairBed(t)
+	p.up()
+	cut := time.Now()
+	p.cutAPI0()
+	select {
+	case <-p.exited:
+		p.server = nil
+	case <-time.After(20 * time.Second):
+		t.Fatal("the active without the API did not step down")
+	}
+	t.Logf("the active stepped down %s after losing the API", time.Since(cut).Round(time.Millisecond))
+	assert.Positive(t, countIn(p.logPath, "lost the Lease"))
+	_, server := p.obtainFrom("02:00:5e:73:00:01")
+	assert.Equal(t, standbyIP, server)
+	t.Logf("a new client was answered by the standby %s after the cut", time.Since(cut).Round(time.Millisecond))
 }
 
 // dhcpCapture is tcpdump's decoded view of the DHCP packets on the bridge.
