@@ -102,6 +102,13 @@ func TestCRDRefusesInvalidServers(t *testing.T) {
 			message: "serverIP must not lie inside a pool",
 		},
 		{
+			name: "standby address without prefix length",
+			mutate: func(s *hyperdhcpv1beta1.ServerSpec) {
+				s.HighAvailability = &hyperdhcpv1beta1.HighAvailabilitySpec{StandbyServerIP: "192.168.50.3"}
+			},
+			message: "must be an IPv4 address with a prefix length",
+		},
+		{
 			name: "pool start after end",
 			mutate: func(s *hyperdhcpv1beta1.ServerSpec) {
 				s.Pools[0] = hyperdhcpv1beta1.AddressRange{Start: "192.168.50.199", End: "192.168.50.100"}
@@ -346,6 +353,27 @@ func TestValidateCatchesWhatCELCannot(t *testing.T) {
 				s.Reservations = []hyperdhcpv1beta1.Reservation{{MAC: "02:00:5e:10:00:01", IP: "192.168.50.150"}}
 			},
 			message: "is also listed in exclude",
+		},
+		{
+			name: "standby address in another subnet",
+			mutate: func(s *hyperdhcpv1beta1.ServerSpec) {
+				s.HighAvailability = &hyperdhcpv1beta1.HighAvailabilitySpec{StandbyServerIP: "192.168.51.3/24"}
+			},
+			message: "must be an address of the subnet 192.168.50.0/24 with the same prefix length",
+		},
+		{
+			name: "standby address equal to the server's",
+			mutate: func(s *hyperdhcpv1beta1.ServerSpec) {
+				s.HighAvailability = &hyperdhcpv1beta1.HighAvailabilitySpec{StandbyServerIP: "192.168.50.2/24"}
+			},
+			message: "must differ from serverIP",
+		},
+		{
+			name: "standby address inside a pool",
+			mutate: func(s *hyperdhcpv1beta1.ServerSpec) {
+				s.HighAvailability = &hyperdhcpv1beta1.HighAvailabilitySpec{StandbyServerIP: "192.168.50.120/24"}
+			},
+			message: "must not lie inside a pool",
 		},
 	}
 	for _, tc := range cases {

@@ -209,6 +209,14 @@ type ServerSpec struct {
 	// +kubebuilder:default={}
 	ConflictDetection *ConflictDetectionSpec `json:"conflictDetection,omitempty"`
 
+	// highAvailability runs a second hyperdhcpd as a hot standby, with its
+	// own lease volume and address, on another node: the active one
+	// replicates every lease to it before acknowledging it, and a
+	// Kubernetes Lease decides which one answers, so the standby takes over
+	// within seconds when the active's node fails (docs/design/ha.md).
+	// +optional
+	HighAvailability *HighAvailabilitySpec `json:"highAvailability,omitempty"`
+
 	// image overrides the hyperdhcpd container image the operator deploys.
 	// +optional
 	// +kubebuilder:validation:MaxLength=512
@@ -421,6 +429,18 @@ type ConflictDetectionSpec struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) >= duration('10ms') && duration(self) <= duration('2s')",message="timeout must be a duration between 10ms and 2s, such as 200ms"
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
+}
+
+// HighAvailabilitySpec configures the hot-standby pair. That
+// standbyServerIP is another address of serverIP's subnet outside the pools
+// is checked by Validate (the CEL rules' cost budget is spent).
+type HighAvailabilitySpec struct {
+	// standbyServerIP is the second replica's own address on the network,
+	// with serverIP's prefix length, outside the pools. Each replica sends
+	// its own address as the server identifier; a client bound to a failed
+	// replica rebinds to the other (RFC 2131 4.4.5).
+	// +required
+	StandbyServerIP IPv4Prefix `json:"standbyServerIP"`
 }
 
 // StorageSpec configures the volume that holds the lease database.

@@ -122,6 +122,9 @@ func ValidateSpec(spec *ServerSpec, fldPath *field.Path) field.ErrorList {
 	if spec.KubeVirt != nil {
 		errs = append(errs, validateKubeVirt(spec.KubeVirt, fldPath.Child("kubevirt"))...)
 	}
+	if spec.HighAvailability != nil {
+		errs = append(errs, v.standby(spec, fldPath.Child("highAvailability", "standbyServerIP"))...)
+	}
 	if spec.Storage != nil && spec.Storage.Size != nil && spec.Storage.Size.Sign() <= 0 {
 		errs = append(errs, field.Invalid(fldPath.Child("storage", "size"), spec.Storage.Size.String(), "must be positive"))
 	}
@@ -204,6 +207,35 @@ func validateDNSName(s DNSName, fldPath *field.Path) field.ErrorList {
 type specValidator struct {
 	subnet    netip.Prefix
 	hasSubnet bool
+}
+
+// standby checks the second replica's address: another host address of
+// the subnet, with the same prefix length, that no pool or reservation holds.
+func (v specValidator) standby(spec *ServerSpec, fldPath *field.Path) field.ErrorList {
+	s := spec.HighAvailability.StandbyServerIP
+	p, errs := validateServerIP(s, fldPath)
+	if len(errs) > 0 || !v.hasSubnet {
+		return errs
+	}
+	switch a := p.Addr(); {
+	case p.Bits() != v.subnet.Bits() || !v.subnet.Contains(a):
+		return field.ErrorList{field.Invalid(fldPath, s, fmt.Sprintf("must be an address of the subnet %s with the same prefix length", v.subnet.Masked()))}
+	case a == v.subnet.Addr():
+		return field.ErrorList{field.Invalid(fldPath, s, "must differ from serverIP")}
+	}
+	for _, pool := range spec.Pools {
+		first, err1 := ParseIPv4(pool.Start)
+		last, err2 := ParseIPv4(pool.End)
+		if err1 == nil && err2 == nil && !p.Addr().Less(first) && !last.Less(p.Addr()) {
+			return field.ErrorList{field.Invalid(fldPath, s, "must not lie inside a pool: the standby would hand out its own address")}
+		}
+	}
+	for _, r := range spec.Reservations {
+		if ip, err := ParseIPv4(r.IP); err == nil && ip == p.Addr() {
+			return field.ErrorList{field.Invalid(fldPath, s, "is reserved for "+string(r.MAC))}
+		}
+	}
+	return nil
 }
 
 // onLinkAddress checks that s is a usable host address of the subnet.
