@@ -610,6 +610,9 @@ const (
 	// database (status.leaseStorage says why), so it acknowledges no
 	// REQUEST; renewals and new clients wait until writes succeed again.
 	ReasonLeaseStorageUnavailable = "LeaseStorageUnavailable"
+	// ReasonReplicaUnavailable: one replica of a highAvailability pair is
+	// not available; the other serves, without failover.
+	ReasonReplicaUnavailable = "ReplicaUnavailable"
 	// ReasonApplying: hyperdhcpd serves an older generation of the spec than
 	// metadata.generation; a live edit usually takes it a second or two.
 	ReasonApplying = "Applying"

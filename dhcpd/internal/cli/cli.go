@@ -38,6 +38,7 @@ const (
 	flagPort           = "port"
 	flagLeaseDatabase  = "lease-database"
 	flagMetricsAddress = "metrics-address"
+	flagHAListen       = "ha-listen"
 	flagLogLevel       = "log-level"
 	flagLogFormat      = "log-format"
 	flagCPUProfile     = "cpu-profile"
@@ -60,6 +61,7 @@ var overrideFlags = []cli.Flag{
 	&cli.IntFlag{Name: flagPort, EnvVars: envVar(flagPort), Usage: "UDP port to listen on (default: 67)"},
 	&cli.StringFlag{Name: flagLeaseDatabase, EnvVars: envVar(flagLeaseDatabase), Usage: "lease database file (default: " + config.DefaultLeaseDatabase + ")"},
 	&cli.StringFlag{Name: flagMetricsAddress, EnvVars: envVar(flagMetricsAddress), Usage: "address for /metrics, /healthz, /readyz; 0 turns them off (default: " + config.DefaultMetricsAddress + ")"},
+	&cli.StringFlag{Name: flagHAListen, EnvVars: envVar(flagHAListen), Usage: "replication address of a replica of a pair (overrides highAvailability.listen)"},
 	&cli.StringFlag{Name: flagLogLevel, EnvVars: envVar(flagLogLevel), Usage: "debug, info, warn or error (default: info)"},
 	&cli.StringFlag{Name: flagKubeconfig, EnvVars: envVar(flagKubeconfig), Usage: "kubeconfig for local runs (default: the in-cluster service account); only used when the config has a kubernetes section"},
 }
@@ -158,6 +160,9 @@ func loadConfig(c *cli.Context) (*config.Config, daemon.File, error) {
 	}
 	if c.IsSet(flagMetricsAddress) {
 		cfg.MetricsAddress = c.String(flagMetricsAddress)
+	}
+	if c.IsSet(flagHAListen) && cfg.HighAvailability != nil {
+		cfg.HighAvailability.Listen = c.String(flagHAListen)
 	}
 	if c.IsSet(flagLogLevel) {
 		cfg.LogLevel = c.String(flagLogLevel)

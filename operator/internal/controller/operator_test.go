@@ -196,7 +196,7 @@ func TestRenderedPodIsAdmittedByRestrictedPodSecurity(t *testing.T) {
 			},
 		}
 		hyperdhcpv1beta1.SetDefaults(&server.Spec)
-		d, err := render.Deployment(server, testImage, "h")
+		d, err := render.Deployment(server, render.Replicas(server)[0], testImage, "h")
 		require.NoError(t, err)
 		require.NoError(t, admin.Create(t.Context(), render.ServiceAccount(server)))
 		p := &corev1.Pod{ObjectMeta: *d.Spec.Template.ObjectMeta.DeepCopy(), Spec: *d.Spec.Template.Spec.DeepCopy()}

@@ -78,6 +78,8 @@ const servedNamespacesField = ".spec.kubevirt.namespaces"
 //
 // +kubebuilder:rbac:groups="",resources=configmaps;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets;services,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=hyperdhcp-vm-reader
 // +kubebuilder:rbac:groups=k8s.cni.cncf.io,resources=network-attachment-definitions,verbs=get;list;watch
@@ -222,8 +224,15 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 		// Retrying cannot fix a spec: report it and wait for an edit. The
 		// pod already running keeps serving the spec before it: Ready
 		// follows it still.
-		if d := (&appsv1.Deployment{}); r.Get(ctx, types.NamespacedName{Namespace: server.Namespace, Name: render.Name(server)}, d) == nil {
-			setDeploymentConditions(server, d)
+		var running []*appsv1.Deployment
+		for _, replica := range render.Replicas(server) {
+			d := &appsv1.Deployment{}
+			if r.Get(ctx, types.NamespacedName{Namespace: server.Namespace, Name: render.ReplicaName(server, replica)}, d) == nil {
+				running = append(running, d)
+			}
+		}
+		if len(running) > 0 {
+			setDeploymentConditions(server, running)
 		}
 		setInvalidSpec(server, err)
 		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, hyperdhcpv1beta1.ReasonInvalidSpec, "Validate", "%v", err)
@@ -231,8 +240,7 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	}
 
 	var (
-		configHash        string
-		deployment        *appsv1.Deployment
+		deployments       []*appsv1.Deployment
 		attachmentMissing string
 	)
 	phases := []struct {
@@ -241,22 +249,38 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	}{
 		{"ServiceAccount", func() error { return r.reconcileServiceAccount(ctx, server) }},
 		{"RBAC", func() error { return r.reconcileRBAC(ctx, server, grant) }},
-		{"ConfigMap", func() (err error) {
-			configHash, err = r.reconcileConfigMap(ctx, render.WatchOnly(server, grant.Namespaces, grant.Cluster))
-			return err
-		}},
-		{"PersistentVolumeClaim", func() error { return r.reconcilePVC(ctx, server) }},
+		{"Pair", func() error { return r.reconcilePair(ctx, server) }},
 		{"NetworkAttachment", func() (err error) { attachmentMissing, err = r.checkNetworkAttachment(ctx, server); return err }},
-		{"Deployment", func() (err error) {
-			if configHash == "" {
-				// The ConfigMap phase failed and says why. A pod rolled now
-				// would read the old configuration and not restart when the
-				// new one is written (the hash would not change again).
-				return nil
-			}
-			deployment, err = r.reconcileDeployment(ctx, server, configHash)
-			return err
-		}},
+	}
+	for _, replica := range render.Replicas(server) {
+		var configHash string
+		suffix := ""
+		if replica.Index > 0 {
+			suffix = fmt.Sprintf(" (replica %d)", replica.Index)
+		}
+		phases = append(phases, []struct {
+			name string
+			run  func() error
+		}{
+			{"ConfigMap" + suffix, func() (err error) {
+				configHash, err = r.reconcileConfigMap(ctx, render.WatchOnly(server, grant.Namespaces, grant.Cluster), replica)
+				return err
+			}},
+			{"PersistentVolumeClaim" + suffix, func() error { return r.reconcilePVC(ctx, server, replica) }},
+			{"Deployment" + suffix, func() error {
+				if configHash == "" {
+					// The ConfigMap phase failed and says why. A pod rolled now
+					// would read the old configuration and not restart when the
+					// new one is written (the hash would not change again).
+					return nil
+				}
+				d, err := r.reconcileDeployment(ctx, server, replica, configHash)
+				if d != nil && err == nil {
+					deployments = append(deployments, d)
+				}
+				return err
+			}},
+		}...)
 	}
 	// Every phase runs even when an earlier one failed, so one broken child
 	// neither hides the others' errors nor holds back their repair.
@@ -267,8 +291,9 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 		}
 	}
 	var result ctrl.Result
-	if deployment != nil {
-		setDeploymentConditions(server, deployment)
+	var replicaProblems []problem
+	if len(deployments) > 0 {
+		replicaProblems = setDeploymentConditions(server, deployments)
 	}
 	setApplying(server)
 	// Degraded names every problem, the most severe first: a failing phase,
@@ -286,6 +311,7 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	if storageFault != "" {
 		problems = append(problems, problem{hyperdhcpv1beta1.ReasonLeaseStorageUnavailable, storageFault})
 	}
+	problems = append(problems, replicaProblems...)
 	if attachmentMissing != "" {
 		problems = append(problems, problem{hyperdhcpv1beta1.ReasonNetworkAttachmentNotFound, attachmentMissing})
 		setNetworkAttachmentNotFound(server, attachmentMissing)
@@ -534,8 +560,8 @@ func (r *ServerReconciler) pruneRBAC(ctx context.Context, server *hyperdhcpv1bet
 	return nil
 }
 
-func (r *ServerReconciler) reconcileConfigMap(ctx context.Context, server *hyperdhcpv1beta1.Server) (string, error) {
-	desired, hash, err := render.ConfigMap(server)
+func (r *ServerReconciler) reconcileConfigMap(ctx context.Context, server *hyperdhcpv1beta1.Server, replica render.Replica) (string, error) {
+	desired, hash, err := render.ConfigMap(server, replica)
 	if err != nil {
 		return "", err
 	}
@@ -550,8 +576,8 @@ func (r *ServerReconciler) reconcileConfigMap(ctx context.Context, server *hyper
 	return hash, nil
 }
 
-func (r *ServerReconciler) reconcilePVC(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
-	desired := render.PVC(server)
+func (r *ServerReconciler) reconcilePVC(ctx context.Context, server *hyperdhcpv1beta1.Server, replica render.Replica) error {
+	desired := render.PVC(server, replica)
 	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
 	return r.apply(ctx, server, pvc, true, func() error {
 		setMeta(pvc, desired)
@@ -576,8 +602,8 @@ const restartedAtAnnotation = "kubectl.kubernetes.io/restartedAt"
 // rendered one, everywhere: a server-side dry run fills in the API server's
 // defaults, so the rendered spec compares equal to an unchanged live one
 // (no write) and differs from one edited in any field, rendered or not.
-func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hyperdhcpv1beta1.Server, configHash string) (*appsv1.Deployment, error) {
-	desired, err := render.Deployment(server, r.Image, configHash)
+func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hyperdhcpv1beta1.Server, replica render.Replica, configHash string) (*appsv1.Deployment, error) {
+	desired, err := render.Deployment(server, replica, r.Image, configHash)
 	if err != nil {
 		return nil, err
 	}
@@ -705,25 +731,42 @@ func grantProblems(server *hyperdhcpv1beta1.Server, grant consent.Grant) []probl
 	return problems
 }
 
-// setDeploymentConditions derives Ready and Progressing from the Deployment.
-func setDeploymentConditions(server *hyperdhcpv1beta1.Server, d *appsv1.Deployment) {
-	rolledOut := d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == ptrValue(d.Spec.Replicas) &&
-		d.Status.Replicas == d.Status.UpdatedReplicas
-	available := d.Status.AvailableReplicas > 0 && rolledOut
+// setDeploymentConditions derives Ready and Progressing from the
+// Deployments, one per replica: Ready while one of them serves (in a pair,
+// the other takes over), Progressing while one rolls out. It returns the
+// replicas that are not available when another is: a pair without its
+// standby has no failover.
+func setDeploymentConditions(server *hyperdhcpv1beta1.Server, deployments []*appsv1.Deployment) []problem {
+	var down []string
+	anyAvailable, allRolledOut := false, true
+	for _, d := range deployments {
+		rolledOut := d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == ptrValue(d.Spec.Replicas) &&
+			d.Status.Replicas == d.Status.UpdatedReplicas
+		available := d.Status.AvailableReplicas > 0 && rolledOut
+		allRolledOut = allRolledOut && rolledOut
+		anyAvailable = anyAvailable || available
+		if !available {
+			down = append(down, fmt.Sprintf("Deployment %s has %d available of %d replicas", d.Name, d.Status.AvailableReplicas, ptrValue(d.Spec.Replicas)))
+		}
+	}
 	ready := metav1.Condition{Type: hyperdhcpv1beta1.ConditionReady, Status: metav1.ConditionTrue,
 		Reason: hyperdhcpv1beta1.ReasonAvailable, Message: "hyperdhcpd is serving"}
-	if !available {
-		ready.Status, ready.Reason = metav1.ConditionFalse, hyperdhcpv1beta1.ReasonDeploymentUnavailable
-		ready.Message = fmt.Sprintf("Deployment %s has %d available of %d replicas", d.Name, d.Status.AvailableReplicas, ptrValue(d.Spec.Replicas))
+	if !anyAvailable {
+		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, hyperdhcpv1beta1.ReasonDeploymentUnavailable, strings.Join(down, "; ")
 	}
 	progressing := metav1.Condition{Type: hyperdhcpv1beta1.ConditionProgressing, Status: metav1.ConditionFalse,
 		Reason: hyperdhcpv1beta1.ReasonAvailable, Message: "the current spec is rolled out"}
-	if !rolledOut {
+	if !allRolledOut {
 		progressing.Status, progressing.Reason, progressing.Message = metav1.ConditionTrue, hyperdhcpv1beta1.ReasonRollingOut, "rolling out the current spec"
 	}
 	setConditions(server, ready, progressing, metav1.Condition{
 		Type: hyperdhcpv1beta1.ConditionDegraded, Status: metav1.ConditionFalse, Reason: hyperdhcpv1beta1.ReasonAvailable, Message: "no problems",
 	})
+	if !anyAvailable || len(down) == 0 {
+		return nil
+	}
+	return []problem{{hyperdhcpv1beta1.ReasonReplicaUnavailable,
+		"one replica of the pair is not available, so a failure of the other would stop DHCP: " + strings.Join(down, "; ")}}
 }
 
 func setConditions(server *hyperdhcpv1beta1.Server, conditions ...metav1.Condition) {

@@ -2,7 +2,11 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -577,4 +581,56 @@ func TestOperatorLeavesThePoolAlone(t *testing.T) {
 		return server.Status.ObservedGeneration == server.Generation
 	}, "the operator reconciled the edit")
 	assert.Equal(t, pool, server.Status.Pool)
+}
+
+// TestPairIsRenderedAndRemoved: a Server with highAvailability gets two
+// replicas (each its Deployment, ConfigMap, lease volume and Service), the
+// pair's Secret (a CA and a certificate it signed) and its Lease; with
+// one replica down the Server is Ready but Degraded; without
+// highAvailability the second replica goes, its lease volume stays.
+func TestPairIsRenderedAndRemoved(t *testing.T) {
+	ns := newNamespace(t)
+	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
+		s.HighAvailability = &hyperdhcpv1beta1.HighAvailabilitySpec{StandbyServerIP: "192.168.50.3/24"}
+	})
+	name := render.Name(server)
+	deployments := [2]*appsv1.Deployment{{}, {}}
+	for i, n := range []string{name, name + "-1"} {
+		eventually(t, deployments[i], key(ns, n), func() bool { return true }, "Deployment "+n)
+		require.NoError(t, admin.Get(t.Context(), key(ns, n), &corev1.ConfigMap{}))
+		require.NoError(t, admin.Get(t.Context(), key(ns, n), &corev1.Service{}))
+		require.NoError(t, admin.Get(t.Context(), key(ns, n+"-leases"), &corev1.PersistentVolumeClaim{}))
+	}
+	require.NoError(t, admin.Get(t.Context(), key(ns, name), &coordinationv1.Lease{}))
+	secret := &corev1.Secret{}
+	require.NoError(t, admin.Get(t.Context(), key(ns, render.PairSecretName(server)), secret))
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(secret.Data["ca.crt"]))
+	block, _ := pem.Decode(secret.Data[corev1.TLSCertKey])
+	require.NotNil(t, block)
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	require.NoError(t, err)
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	require.NoError(t, err, "the pair's certificate is signed by its CA")
+	_, err = tls.X509KeyPair(secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey])
+	require.NoError(t, err)
+
+	markAvailable(t, deployments[0])
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		c := meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded)
+		return meta.IsStatusConditionTrue(server.Status.Conditions, hyperdhcpv1beta1.ConditionReady) &&
+			c != nil && c.Status == metav1.ConditionTrue && c.Reason == hyperdhcpv1beta1.ReasonReplicaUnavailable
+	}, "one replica serves: Ready, and Degraded for want of the other")
+	markAvailable(t, deployments[1])
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		return meta.IsStatusConditionFalse(server.Status.Conditions, hyperdhcpv1beta1.ConditionDegraded)
+	}, "both replicas serve")
+
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.HighAvailability = nil })
+	require.Eventually(t, func() bool {
+		return apierrors.IsNotFound(admin.Get(t.Context(), key(ns, name+"-1"), &appsv1.Deployment{})) &&
+			apierrors.IsNotFound(admin.Get(t.Context(), key(ns, render.PairSecretName(server)), &corev1.Secret{})) &&
+			apierrors.IsNotFound(admin.Get(t.Context(), key(ns, name), &coordinationv1.Lease{}))
+	}, timeout, interval, "the second replica and the pair's objects go")
+	require.NoError(t, admin.Get(t.Context(), key(ns, name+"-1-leases"), &corev1.PersistentVolumeClaim{}), "its lease volume stays")
 }

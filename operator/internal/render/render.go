@@ -12,6 +12,7 @@ import (
 	"slices"
 
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -28,6 +29,10 @@ const (
 	ConfigDir   = "/etc/hyperdhcp"
 	DataDir     = "/var/lib/hyperdhcp"
 	MetricsPort = 8067
+	// ReplicationPort serves the pair's replication (high availability);
+	// PairDir holds the pair's CA, certificate and key.
+	ReplicationPort = 8068
+	PairDir         = "/etc/hyperdhcp/pair"
 	// RunAsID is the non-root user and group hyperdhcpd runs as (distroless's
 	// "nonroot"); the lease volume is group-owned by it through fsGroup.
 	RunAsID              = 65532
@@ -50,6 +55,40 @@ func Name(server *hyperdhcpv1beta1.Server) string { return "hyperdhcpd-" + serve
 // PVCName is the lease database's PersistentVolumeClaim.
 func PVCName(server *hyperdhcpv1beta1.Server) string { return Name(server) + "-leases" }
 
+// Replica is one hyperdhcpd of a Server: the only one, or one of the
+// hot-standby pair. Replica 0 has the Server's names (Name, PVCName), so
+// turning high availability on adds replica 1 beside the running one.
+type Replica struct {
+	Index    int
+	ServerIP hyperdhcpv1beta1.IPv4Prefix
+}
+
+// Replicas are the hyperdhcpds of server.
+func Replicas(server *hyperdhcpv1beta1.Server) []Replica {
+	replicas := []Replica{{Index: 0, ServerIP: server.Spec.ServerIP}}
+	if ha := server.Spec.HighAvailability; ha != nil {
+		replicas = append(replicas, Replica{Index: 1, ServerIP: ha.StandbyServerIP})
+	}
+	return replicas
+}
+
+// ReplicaName names replica r's ConfigMap, Deployment and Service, and is
+// its identity in the pair's Lease.
+func ReplicaName(server *hyperdhcpv1beta1.Server, r Replica) string {
+	if r.Index == 0 {
+		return Name(server)
+	}
+	return fmt.Sprintf("%s-%d", Name(server), r.Index)
+}
+
+// ReplicaPVCName is replica r's lease database.
+func ReplicaPVCName(server *hyperdhcpv1beta1.Server, r Replica) string {
+	return ReplicaName(server, r) + "-leases"
+}
+
+// PairSecretName holds the pair's CA, certificate and key.
+func PairSecretName(server *hyperdhcpv1beta1.Server) string { return Name(server) + "-pair" }
+
 // ForeignName names objects outside the Server's namespace (RBAC names, any
 // path segment), which must tell Servers of different namespaces apart.
 // ':' occurs in neither namespace nor Server names, so namespace "a-b" with
@@ -67,6 +106,16 @@ func SelectorLabels(server *hyperdhcpv1beta1.Server) map[string]string {
 	}
 }
 
+// ReplicaSelectorLabels select replica r's pod; replica 0's are
+// SelectorLabels, and no replica's selector matches another's pod.
+func ReplicaSelectorLabels(server *hyperdhcpv1beta1.Server, r Replica) map[string]string {
+	labels := SelectorLabels(server)
+	if r.Index > 0 {
+		labels["app.kubernetes.io/instance"] = fmt.Sprintf("%s-%d", server.Name, r.Index)
+	}
+	return labels
+}
+
 // Labels go on every object made for server.
 func Labels(server *hyperdhcpv1beta1.Server) map[string]string {
 	labels := SelectorLabels(server)
@@ -80,8 +129,8 @@ func meta(server *hyperdhcpv1beta1.Server, name, namespace string) metav1.Object
 	return metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: Labels(server)}
 }
 
-// Config is the hyperdhcpd configuration for server.
-func Config(server *hyperdhcpv1beta1.Server) *config.Config {
+// Config is the hyperdhcpd configuration for server's replica r.
+func Config(server *hyperdhcpv1beta1.Server, r Replica) *config.Config {
 	cfg := &config.Config{
 		Server:         *server.Spec.DeepCopy(),
 		LeaseDatabase:  DataDir + "/leases.db",
@@ -90,14 +139,26 @@ func Config(server *hyperdhcpv1beta1.Server) *config.Config {
 			ServerName:       server.Name,
 			ServerNamespace:  server.Namespace,
 			ServerGeneration: server.Generation,
-			ConfigMap:        Name(server),
+			ConfigMap:        ReplicaName(server, r),
 		},
+	}
+	cfg.Server.ServerIP = r.ServerIP
+	if replicas := Replicas(server); len(replicas) > 1 {
+		peer := replicas[1-r.Index]
+		cfg.HighAvailability = &config.HighAvailability{
+			Replica: ReplicaName(server, r),
+			Lease:   Name(server),
+			// HYPERDHCPD_HA_LISTEN narrows this to the pod IP (Deployment).
+			Listen: fmt.Sprintf(":%d", ReplicationPort),
+			Peer:   fmt.Sprintf("https://%s.%s.svc:%d", ReplicaName(server, peer), server.Namespace, ReplicationPort),
+			CA:     PairDir + "/ca.crt", Cert: PairDir + "/tls.crt", Key: PairDir + "/tls.key",
+		}
 	}
 	cfg.SetDefaults()
 	// The pod-level settings are the operator's business, not hyperdhcpd's;
 	// cleared after defaulting, which would bring storage back.
 	cfg.Server.Image, cfg.Server.Resources, cfg.Server.NodeSelector, cfg.Server.Tolerations = "", nil, nil, nil
-	cfg.Server.Storage = nil
+	cfg.Server.Storage, cfg.Server.HighAvailability = nil, nil
 	return cfg
 }
 
@@ -123,8 +184,8 @@ func WatchOnly(server *hyperdhcpv1beta1.Server, namespaces []string, cluster boo
 // settings (config.RestartOnly) goes on the pod template, so that only an
 // edit hyperdhcpd cannot apply live rolls the pod; hyperdhcpd watches the
 // ConfigMap for the others.
-func ConfigMap(server *hyperdhcpv1beta1.Server) (*corev1.ConfigMap, string, error) {
-	cfg := Config(server)
+func ConfigMap(server *hyperdhcpv1beta1.Server, r Replica) (*corev1.ConfigMap, string, error) {
+	cfg := Config(server, r)
 	data, err := cfg.Marshal()
 	if err != nil {
 		return nil, "", err
@@ -135,7 +196,7 @@ func ConfigMap(server *hyperdhcpv1beta1.Server) (*corev1.ConfigMap, string, erro
 	}
 	sum := sha256.Sum256(restartOnly)
 	return &corev1.ConfigMap{
-		ObjectMeta: meta(server, Name(server), server.Namespace),
+		ObjectMeta: meta(server, ReplicaName(server, r), server.Namespace),
 		Data:       map[string]string{ConfigKey: string(data)},
 	}, hex.EncodeToString(sum[:8]), nil
 }
@@ -149,23 +210,39 @@ func ServiceAccount(server *hyperdhcpv1beta1.Server) *corev1.ServiceAccount {
 }
 
 // StatusRole lets hyperdhcpd read its own Server and patch its status,
-// read its own ConfigMap, and record Events; nothing else.
+// read its own ConfigMaps, record Events and, for a pair, hold its Lease;
+// nothing else.
 func StatusRole(server *hyperdhcpv1beta1.Server) *rbacv1.Role {
-	return &rbacv1.Role{
+	role := &rbacv1.Role{
 		ObjectMeta: meta(server, Name(server), server.Namespace),
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{hyperdhcpv1beta1.GroupVersion.Group}, Resources: []string{"servers"}, ResourceNames: []string{server.Name}, Verbs: []string{"get"}},
 			{APIGroups: []string{hyperdhcpv1beta1.GroupVersion.Group}, Resources: []string{"servers/status"}, ResourceNames: []string{server.Name}, Verbs: []string{"get", "patch"}},
 			// Its own configuration, to apply edits live: a list and watch
 			// by metadata.name are authorised by resourceNames.
-			{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{Name(server)}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: replicaNames(server), Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 		},
 	}
+	if server.Spec.HighAvailability != nil {
+		// The pair's election: the operator makes the Lease, so its name
+		// can bound both verbs.
+		role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"},
+			ResourceNames: []string{Name(server)}, Verbs: []string{"get", "update"}})
+	}
+	return role
 }
 
 func subjects(server *hyperdhcpv1beta1.Server) []rbacv1.Subject {
 	return []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: Name(server), Namespace: server.Namespace}}
+}
+
+func replicaNames(server *hyperdhcpv1beta1.Server) []string {
+	var names []string
+	for _, r := range Replicas(server) {
+		names = append(names, ReplicaName(server, r))
+	}
+	return names
 }
 
 // StatusRoleBinding binds StatusRole to hyperdhcpd's ServiceAccount.
@@ -205,7 +282,7 @@ func VMReaderBindings(server *hyperdhcpv1beta1.Server, namespaces []string, clus
 }
 
 // PVC holds the lease database.
-func PVC(server *hyperdhcpv1beta1.Server) *corev1.PersistentVolumeClaim {
+func PVC(server *hyperdhcpv1beta1.Server, r Replica) *corev1.PersistentVolumeClaim {
 	size := resource.MustParse(hyperdhcpv1beta1.DefaultStorageSize)
 	var class *string
 	if st := server.Spec.Storage; st != nil {
@@ -217,7 +294,7 @@ func PVC(server *hyperdhcpv1beta1.Server) *corev1.PersistentVolumeClaim {
 		}
 	}
 	return &corev1.PersistentVolumeClaim{
-		ObjectMeta: meta(server, PVCName(server), server.Namespace),
+		ObjectMeta: meta(server, ReplicaPVCName(server, r), server.Namespace),
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			StorageClassName: class, // nil: the cluster's default class
@@ -236,7 +313,7 @@ type networkSelection struct {
 
 // NetworksAnnotationValue attaches the pod to the Server's network with the
 // server's own address.
-func NetworksAnnotationValue(server *hyperdhcpv1beta1.Server) (string, error) {
+func NetworksAnnotationValue(server *hyperdhcpv1beta1.Server, r Replica) (string, error) {
 	iface := server.Spec.NetworkAttachment.Interface
 	if iface == "" {
 		iface = hyperdhcpv1beta1.DefaultInterface
@@ -245,7 +322,7 @@ func NetworksAnnotationValue(server *hyperdhcpv1beta1.Server) (string, error) {
 		Name:      server.Spec.NetworkAttachment.Name,
 		Namespace: server.AttachmentNamespace(),
 		Interface: iface,
-		IPs:       []string{string(server.Spec.ServerIP)},
+		IPs:       []string{string(r.ServerIP)},
 	}})
 	if err != nil {
 		return "", fmt.Errorf("encode %s annotation: %w", NetworksAnnotation, err)
@@ -255,8 +332,8 @@ func NetworksAnnotationValue(server *hyperdhcpv1beta1.Server) (string, error) {
 
 // Deployment runs hyperdhcpd for server with the given image; configHash
 // (from ConfigMap) rolls the pod when the configuration changes.
-func Deployment(server *hyperdhcpv1beta1.Server, image, configHash string) (*appsv1.Deployment, error) {
-	networks, err := NetworksAnnotationValue(server)
+func Deployment(server *hyperdhcpv1beta1.Server, r Replica, image, configHash string) (*appsv1.Deployment, error) {
+	networks, err := NetworksAnnotationValue(server, r)
 	if err != nil {
 		return nil, err
 	}
@@ -308,15 +385,43 @@ func Deployment(server *hyperdhcpv1beta1.Server, image, configHash string) (*app
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
-	podLabels := SelectorLabels(server)
+	volumes := []corev1.Volume{
+		{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: ReplicaName(server, r)},
+		}}},
+		{Name: "leases", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{
+			ClaimName: ReplicaPVCName(server, r),
+		}}},
+	}
+	podLabels := ReplicaSelectorLabels(server, r)
+	var affinity *corev1.Affinity
+	if server.Spec.HighAvailability != nil {
+		// Replication listens on the pod's cluster-network address only,
+		// like the metrics; the pair authenticates with the Secret's
+		// certificate (mutual TLS).
+		container.Env = append(container.Env, corev1.EnvVar{Name: "HYPERDHCPD_HA_LISTEN", Value: fmt.Sprintf("$(POD_IP):%d", ReplicationPort)})
+		container.Ports = append(container.Ports, corev1.ContainerPort{Name: "replication", ContainerPort: ReplicationPort, Protocol: corev1.ProtocolTCP})
+		container.VolumeMounts = append(container.VolumeMounts, corev1.VolumeMount{Name: "pair", MountPath: PairDir, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: "pair", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: PairSecretName(server), DefaultMode: new(int32(0o440)),
+		}}})
+		// The replicas never share a node: a node's failure must leave one.
+		podLabels[ServerLabel] = server.Name
+		affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+				LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{ServerLabel: server.Name, "app.kubernetes.io/name": "hyperdhcpd"}},
+				TopologyKey:   corev1.LabelHostname,
+			}},
+		}}
+	}
 	return &appsv1.Deployment{
-		ObjectMeta: meta(server, Name(server), server.Namespace),
+		ObjectMeta: meta(server, ReplicaName(server, r), server.Namespace),
 		Spec: appsv1.DeploymentSpec{
 			Replicas: new(int32(1)),
 			// The lease volume is ReadWriteOnce and two servers must never
 			// share a database: the old pod goes before the new one starts.
 			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
-			Selector: &metav1.LabelSelector{MatchLabels: SelectorLabels(server)},
+			Selector: &metav1.LabelSelector{MatchLabels: ReplicaSelectorLabels(server, r)},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{
 					Labels: podLabels,
@@ -331,18 +436,41 @@ func Deployment(server *hyperdhcpv1beta1.Server, image, configHash string) (*app
 					Containers:         []corev1.Container{container},
 					NodeSelector:       maps.Clone(server.Spec.NodeSelector),
 					Tolerations:        tolerations(server.Spec.Tolerations),
-					Volumes: []corev1.Volume{
-						{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-							LocalObjectReference: corev1.LocalObjectReference{Name: Name(server)},
-						}}},
-						{Name: "leases", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{
-							ClaimName: PVCName(server),
-						}}},
-					},
+					Affinity:           affinity,
+					Volumes:            volumes,
 				},
 			},
 		},
 	}, nil
+}
+
+// Service gives replica r of a pair a stable address for replication.
+func Service(server *hyperdhcpv1beta1.Server, r Replica) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: meta(server, ReplicaName(server, r), server.Namespace),
+		Spec: corev1.ServiceSpec{
+			Selector: ReplicaSelectorLabels(server, r),
+			Ports: []corev1.ServicePort{{Name: "replication", Port: ReplicationPort, Protocol: corev1.ProtocolTCP,
+				TargetPort: intstr.FromString("replication")}},
+		},
+	}
+}
+
+// PairSecret holds the pair's CA and the certificate and key both replicas
+// present (keys ca.crt, tls.crt, tls.key), made once by the operator.
+func PairSecret(server *hyperdhcpv1beta1.Server, caPEM, certPEM, keyPEM []byte) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: meta(server, PairSecretName(server), server.Namespace),
+		Type:       corev1.SecretTypeTLS,
+		Data:       map[string][]byte{"ca.crt": caPEM, corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM},
+	}
+}
+
+// Lease is the pair's election object, made empty by the operator so that
+// hyperdhcpd needs only get and update of it (create cannot be limited to
+// one name).
+func Lease(server *hyperdhcpv1beta1.Server) *coordinationv1.Lease {
+	return &coordinationv1.Lease{ObjectMeta: meta(server, Name(server), server.Namespace)}
 }
 
 func resources(r *hyperdhcpv1beta1.ResourceRequirements) corev1.ResourceRequirements {

@@ -2,6 +2,9 @@ package render
 
 import (
 	"encoding/json"
+	"fmt"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +23,9 @@ import (
 	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 )
 
+// first is the only replica of a Server without highAvailability.
+func first(server *hyperdhcpv1beta1.Server) Replica { return Replicas(server)[0] }
+
 func testServer() *hyperdhcpv1beta1.Server {
 	s := &hyperdhcpv1beta1.Server{
 		ObjectMeta: metav1.ObjectMeta{Name: "lab", Namespace: "vms", Generation: 3},
@@ -35,7 +41,7 @@ func testServer() *hyperdhcpv1beta1.Server {
 }
 
 func TestConfigIsValidAndNamesItsServer(t *testing.T) {
-	cm, hash, err := ConfigMap(testServer())
+	cm, hash, err := ConfigMap(testServer(), first(testServer()))
 	require.NoError(t, err)
 	require.Len(t, hash, 16)
 	cfg, err := config.Parse([]byte(cm.Data[ConfigKey]), "configmap")
@@ -46,14 +52,14 @@ func TestConfigIsValidAndNamesItsServer(t *testing.T) {
 	assert.Equal(t, DataDir+"/leases.db", cfg.LeaseDatabase)
 	assert.Equal(t, &config.Kubernetes{ServerName: "lab", ServerNamespace: "vms", ServerGeneration: 3, ConfigMap: Name(testServer()),
 		StatusInterval: cfg.Kubernetes.StatusInterval, SyncTimeout: cfg.Kubernetes.SyncTimeout, VMDeletionGrace: cfg.Kubernetes.VMDeletionGrace}, cfg.Kubernetes)
-	assert.Nil(t, Config(testServer()).Server.Storage, "the lease volume is the pod's business, not hyperdhcpd's")
+	assert.Nil(t, Config(testServer(), first(testServer())).Server.Storage, "the lease volume is the pod's business, not hyperdhcpd's")
 }
 
 // TestConfigHashFollowsOnlyTheRestartOnlySpec: the hash on the pod template
 // changes, and so rolls the pod, only for an edit hyperdhcpd cannot apply
 // live; the ConfigMap itself changes for every edit.
 func TestConfigHashFollowsOnlyTheRestartOnlySpec(t *testing.T) {
-	beforeCM, before, err := ConfigMap(testServer())
+	beforeCM, before, err := ConfigMap(testServer(), first(testServer()))
 	require.NoError(t, err)
 	live := map[string]func(*hyperdhcpv1beta1.ServerSpec){
 		"router":  func(s *hyperdhcpv1beta1.ServerSpec) { s.Router = "192.168.50.1" },
@@ -74,7 +80,7 @@ func TestConfigHashFollowsOnlyTheRestartOnlySpec(t *testing.T) {
 		server := testServer()
 		edit(&server.Spec)
 		server.Generation++
-		cm, hash, err := ConfigMap(server)
+		cm, hash, err := ConfigMap(server, first(server))
 		require.NoError(t, err)
 		assert.Equal(t, before, hash, "%s: applied live, the pod stays", name)
 		if name != "pod only" {
@@ -89,7 +95,7 @@ func TestConfigHashFollowsOnlyTheRestartOnlySpec(t *testing.T) {
 	for name, edit := range restart {
 		server := testServer()
 		edit(&server.Spec)
-		_, hash, err := ConfigMap(server)
+		_, hash, err := ConfigMap(server, first(server))
 		require.NoError(t, err)
 		assert.NotEqual(t, before, hash, "%s: takes a restart, the pod rolls", name)
 	}
@@ -100,7 +106,7 @@ func TestDeployment(t *testing.T) {
 	server.Spec.NodeSelector = map[string]string{"zone": "a"}
 	server.Spec.Tolerations = []hyperdhcpv1beta1.Toleration{{Key: "infra", Operator: "Exists", Effect: "NoSchedule"}}
 	server.Spec.Resources = &hyperdhcpv1beta1.ResourceRequirements{Limits: map[string]resource.Quantity{"memory": resource.MustParse("128Mi")}}
-	d, err := Deployment(server, "example/hyperdhcpd:v1", "abc")
+	d, err := Deployment(server, first(server), "example/hyperdhcpd:v1", "abc")
 	require.NoError(t, err)
 
 	assert.Equal(t, "hyperdhcpd-lab", d.Name)
@@ -135,7 +141,7 @@ func TestDeployment(t *testing.T) {
 	assert.Equal(t, "hyperdhcpd-lab-leases", pod.Spec.Volumes[1].PersistentVolumeClaim.ClaimName)
 
 	server.Spec.Image = "mirror.example/hyperdhcpd:v2"
-	d, err = Deployment(server, "example/hyperdhcpd:v1", "abc")
+	d, err = Deployment(server, first(server), "example/hyperdhcpd:v1", "abc")
 	require.NoError(t, err)
 	assert.Equal(t, "mirror.example/hyperdhcpd:v2", d.Spec.Template.Spec.Containers[0].Image, "the Server's image wins")
 }
@@ -145,7 +151,7 @@ func TestDeployment(t *testing.T) {
 func TestDeploymentWithoutConflictDetection(t *testing.T) {
 	server := testServer()
 	server.Spec.ConflictDetection = &hyperdhcpv1beta1.ConflictDetectionSpec{Enabled: new(false)}
-	d, err := Deployment(server, "example/hyperdhcpd:v1", "abc")
+	d, err := Deployment(server, first(server), "example/hyperdhcpd:v1", "abc")
 	require.NoError(t, err)
 	pod := d.Spec.Template
 	sc := pod.Spec.Containers[0].SecurityContext
@@ -166,20 +172,20 @@ func TestDeploymentWithoutConflictDetection(t *testing.T) {
 func TestNetworksAnnotationDefaultsToTheServersNamespace(t *testing.T) {
 	server := testServer()
 	server.Spec.NetworkAttachment.Namespace = ""
-	value, err := NetworksAnnotationValue(server)
+	value, err := NetworksAnnotationValue(server, first(server))
 	require.NoError(t, err)
 	assert.JSONEq(t, `[{"name":"lab-bridge","namespace":"vms","interface":"net1","ips":["192.168.50.2/24"]}]`, value)
 }
 
 func TestPVC(t *testing.T) {
-	pvc := PVC(testServer())
+	pvc := PVC(testServer(), first(testServer()))
 	assert.Nil(t, pvc.Spec.StorageClassName, "no class: the cluster default")
 	assert.Equal(t, resource.MustParse("64Mi"), pvc.Spec.Resources.Requests[corev1.ResourceStorage])
 	assert.Equal(t, []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, pvc.Spec.AccessModes)
 
 	server := testServer()
 	server.Spec.Storage = &hyperdhcpv1beta1.StorageSpec{StorageClassName: "fast", Size: new(resource.MustParse("1Gi"))}
-	pvc = PVC(server)
+	pvc = PVC(server, first(server))
 	assert.Equal(t, "fast", *pvc.Spec.StorageClassName)
 	assert.Equal(t, resource.MustParse("1Gi"), pvc.Spec.Resources.Requests[corev1.ResourceStorage])
 }
@@ -228,7 +234,7 @@ func TestRBAC(t *testing.T) {
 // The rendered Deployment survives a trip through YAML unchanged, as it
 // does through the API server (no field that only Go can hold).
 func TestDeploymentRoundTripsThroughYAML(t *testing.T) {
-	d, err := Deployment(testServer(), "img", "h")
+	d, err := Deployment(testServer(), first(testServer()), "img", "h")
 	require.NoError(t, err)
 	data, err := yaml.Marshal(d)
 	require.NoError(t, err)
@@ -240,7 +246,7 @@ func TestDeploymentRoundTripsThroughYAML(t *testing.T) {
 // hyperdhcpd's HTTP endpoints listen on the pod's cluster-network address
 // only, never on the VM network: the address comes from the downward API.
 func TestMetricsListenOnThePodIP(t *testing.T) {
-	d, err := Deployment(testServer(), "img", "h")
+	d, err := Deployment(testServer(), first(testServer()), "img", "h")
 	require.NoError(t, err)
 	c := d.Spec.Template.Spec.Containers[0]
 	require.Len(t, c.Env, 2)
@@ -272,7 +278,7 @@ func TestChildNamesFit(t *testing.T) {
 		}
 		labels = append(labels, b.Labels)
 	}
-	d, err := Deployment(server, "img", "h")
+	d, err := Deployment(server, first(server), "img", "h")
 	require.NoError(t, err)
 	labels = append(labels, d.Labels, d.Spec.Template.Labels)
 	for _, name := range names {
@@ -305,14 +311,66 @@ func TestForeignNamesDoNotCollide(t *testing.T) {
 func TestConfigWatchesOnlyGrantedNamespaces(t *testing.T) {
 	server := testServer()
 	server.Spec.KubeVirt.Namespaces = []string{"vms", "team-a", "team-b"}
-	cfg := Config(WatchOnly(server, []string{"team-a", "vms"}, false))
+	cfg := Config(WatchOnly(server, []string{"team-a", "vms"}, false), first(server))
 	assert.Equal(t, []string{"team-a", "vms"}, cfg.Server.KubeVirt.Namespaces, "team-b has not consented")
 	assert.Equal(t, []string{"vms", "team-a", "team-b"}, server.Spec.KubeVirt.Namespaces, "the Server itself is not changed")
 
 	server.Spec.KubeVirt.AllNamespaces, server.Spec.KubeVirt.Namespaces = true, nil
-	cfg = Config(WatchOnly(server, []string{"vms"}, false))
+	cfg = Config(WatchOnly(server, []string{"vms"}, false), first(server))
 	assert.False(t, cfg.Server.KubeVirt.AllNamespaces, "allNamespaces not allowed: only the granted namespace")
 	assert.Equal(t, []string{"vms"}, cfg.Server.KubeVirt.Namespaces)
-	cfg = Config(WatchOnly(server, nil, true))
+	cfg = Config(WatchOnly(server, nil, true), first(server))
 	assert.True(t, cfg.Server.KubeVirt.AllNamespaces)
+}
+
+// TestPairRendersTwoReplicas: with highAvailability, replica 0 keeps the
+// Server's names and replica 1 gets its own; their selectors never match
+// each other's pods; they never share a node; each serves its own address
+// and names the other as its peer; both mount the pair's Secret, and the
+// Role lets hyperdhcpd hold only the pair's Lease.
+func TestPairRendersTwoReplicas(t *testing.T) {
+	server := testServer()
+	server.Spec.HighAvailability = &hyperdhcpv1beta1.HighAvailabilitySpec{StandbyServerIP: "192.168.50.3/24"}
+	replicas := Replicas(server)
+	require.Len(t, replicas, 2)
+
+	var deployments [2]*appsv1.Deployment
+	for i, r := range replicas {
+		d, err := Deployment(server, r, "img", "h")
+		require.NoError(t, err)
+		deployments[i] = d
+		cfg := Config(server, r)
+		require.NoError(t, cfg.Validate(), "replica %d's configuration", i)
+		assert.Equal(t, r.ServerIP, cfg.Server.ServerIP)
+		assert.Nil(t, cfg.Server.HighAvailability, "the pair's shape is the operator's business")
+		require.NotNil(t, cfg.HighAvailability)
+		peer := replicas[1-i]
+		assert.Equal(t, "https://"+ReplicaName(server, peer)+".vms.svc:8068", cfg.HighAvailability.Peer)
+		assert.Equal(t, Name(server), cfg.HighAvailability.Lease)
+		assert.Equal(t, ReplicaName(server, r), cfg.HighAvailability.Replica)
+		assert.Contains(t, d.Spec.Template.Annotations[NetworksAnnotation], `"ips":["`+string(r.ServerIP)+`"]`)
+		assert.Equal(t, ReplicaPVCName(server, r), d.Spec.Template.Spec.Volumes[1].PersistentVolumeClaim.ClaimName)
+		assert.Contains(t, d.Spec.Template.Spec.Containers[0].Env, corev1.EnvVar{Name: "HYPERDHCPD_HA_LISTEN", Value: "$(POD_IP):8068"})
+		require.NotNil(t, d.Spec.Template.Spec.Affinity)
+		terms := d.Spec.Template.Spec.Affinity.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution
+		require.Len(t, terms, 1)
+		assert.Equal(t, corev1.LabelHostname, terms[0].TopologyKey)
+		svc := Service(server, r)
+		assert.Equal(t, d.Spec.Selector.MatchLabels, svc.Spec.Selector)
+	}
+	assert.Equal(t, Name(server), deployments[0].Name, "replica 0 keeps the names a single server has")
+	assert.Equal(t, Name(server)+"-1", deployments[1].Name)
+	for i := range 2 {
+		own, other := deployments[i], deployments[1-i]
+		selector, err := metav1.LabelSelectorAsSelector(own.Spec.Selector)
+		require.NoError(t, err)
+		assert.False(t, selector.Matches(labels.Set(other.Spec.Template.Labels)), "replica %d's selector must not match the other's pod", i)
+		anti, err := metav1.LabelSelectorAsSelector(own.Spec.Template.Spec.Affinity.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0].LabelSelector)
+		require.NoError(t, err)
+		assert.True(t, anti.Matches(labels.Set(other.Spec.Template.Labels)), "anti-affinity keeps replica %d off the other's node", i)
+	}
+	role := StatusRole(server)
+	assert.Contains(t, role.Rules, rbacv1.PolicyRule{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"},
+		ResourceNames: []string{Name(server)}, Verbs: []string{"get", "update"}})
+	assert.NotContains(t, fmt.Sprint(StatusRole(testServer()).Rules), "leases", "a single server holds no Lease")
 }
