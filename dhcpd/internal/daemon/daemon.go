@@ -229,7 +229,7 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 	ctx, lostLease := context.WithCancelCause(ctx)
 	defer lostLease(nil)
 	if cfg.HighAvailability != nil {
-		if err := startReplica(ctx, cfg, store, activate, lostLease, metrics, log); err != nil {
+		if err := startReplica(ctx, cfg, store, activate, dbRef.Load, lostLease, metrics, log); err != nil {
 			return err
 		}
 	}

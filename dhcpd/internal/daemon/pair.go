@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
@@ -63,12 +64,24 @@ func (g *activeGate) Conflict(req *dhcpv4.DHCPv4, ip netip.Addr, mac net.Hardwar
 	}
 }
 
+// holderNow asks the API server who holds the Lease, briefly.
+func holderNow(ctx context.Context, election *ha.Election) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return election.Holder(ctx)
+}
+
 // startReplica makes this hyperdhcpd a replica of its pair: it serves
 // replication, catches up with the active, stands for the Lease while it
 // may, and activates with the replicated store once it holds the Lease.
 // Losing the Lease ends the process (lost).
+//
+// When the Lease is lost because no replica can reach the API server, the
+// active keeps its database and answers renewals only (SetRenewalsOnly)
+// until it holds the Lease again, unless the other replica took it
+// meanwhile: then it exits and comes back as the standby.
 func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, activate func(leasedb.Store) error,
-	lost context.CancelCauseFunc, metrics *server.Metrics, log *slog.Logger) error {
+	current func() *leasedb.LeaseDB, lost context.CancelCauseFunc, metrics *server.Metrics, log *slog.Logger) error {
 	pair, k := cfg.HighAvailability, cfg.Kubernetes
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
@@ -88,18 +101,53 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 		return err
 	}
 	metrics.Role(false)
+	var heldEpoch atomic.Int64
 	election.OnStartedLeading = func(epoch int64, inSync bool) {
+		if db := current(); db != nil {
+			// The Lease again, after an outage of the API server.
+			if epoch != heldEpoch.Load() {
+				lost(fmt.Errorf("%w (the other replica held it meanwhile)", errLostLease))
+				return
+			}
+			db.SetRenewalsOnly(false)
+			metrics.Role(true)
+			log.Info("holding the Lease again: answering every client", "epoch", epoch)
+			return
+		}
 		if err := activate(replica); err != nil {
 			lost(fmt.Errorf("activate after taking the Lease: %w", err))
 			return
 		}
+		heldEpoch.Store(epoch)
 		metrics.Role(true)
 		metrics.Failover()
 		log.Info("active: answering DHCP", "epoch", epoch, "standby_was_in_sync", inSync)
 	}
 	election.OnStoppedLeading = func() {
 		metrics.Role(false)
-		lost(errLostLease)
+		db := current()
+		if db == nil {
+			return
+		}
+		if holder, err := holderNow(ctx, election); err == nil && holder != election.Identity() {
+			lost(errLostLease)
+			return
+		}
+		// Nobody can hold the Lease: keep what clients have, grant nothing.
+		db.SetRenewalsOnly(true)
+		log.Warn("the Lease cannot be renewed (the API server is away): answering renewals of existing leases only, with the time they have left")
+		go func() {
+			for ctx.Err() == nil && !election.Fresh(time.Now()) {
+				if holder, err := holderNow(ctx, election); err == nil && holder != "" && holder != election.Identity() {
+					lost(errLostLease)
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(ha.RetryPeriod):
+				}
+			}
+		}()
 	}
 	go func() {
 		// A fresh standby asks at once; afterwards the active's heartbeats

@@ -134,6 +134,21 @@ func (e *Election) startedLeading(ctx context.Context) {
 	}
 }
 
+// Holder names the replica the Lease names now ("" for none).
+func (e *Election) Holder(ctx context.Context) (string, error) {
+	lease, err := e.leases.Leases(e.namespace).Get(ctx, e.name, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	if lease.Spec.HolderIdentity == nil {
+		return "", nil
+	}
+	return *lease.Spec.HolderIdentity, nil
+}
+
+// Identity is this replica's name in the Lease.
+func (e *Election) Identity() string { return e.identity }
+
 // MayStand tells whether a replica that is not in sync with an active may
 // still stand for the Lease: when the pair never had an active (no Lease
 // yet), or when it was itself the last holder (an active holds every lease

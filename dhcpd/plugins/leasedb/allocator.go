@@ -462,6 +462,16 @@ func (a *allocator) request(c client, target netip.Addr, kind requestKind, now t
 	return allocation{verdict: ack, entry: e, version: e.version, before: before}
 }
 
+// confirm answers a REQUEST without changing anything: the client's own
+// bound, unexpired lease on target, or nothing (see LeaseDB.SetRenewalsOnly).
+func (a *allocator) confirm(c client, target netip.Addr, now time.Time) (Lease, bool) {
+	e := a.byIP[target]
+	if e == nil || e.State != StateBound || e.ClientID != c.id || !e.Expires.After(now) {
+		return Lease{}, false
+	}
+	return e.Lease, true
+}
+
 // revert undoes an ACK that could not be made durable, unless the entry has
 // changed since; it records the state memory returns to, so the store ends
 // up agreeing whatever became of the failed write.

@@ -162,6 +162,7 @@ const (
 	DropUnknownClient  = "init_reboot_from_unknown_client"
 	DropForeignRelay   = "relay_outside_subnet"
 	DropUnknownMAC     = "unknown_mac"
+	DropRenewalsOnly   = "renewals_only"
 )
 
 // Reasons passed to Observer.Refused; each NAK says its reason in option 56.
@@ -262,6 +263,8 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 // policy is the part of the options that says how a packet is read and
 // answered, beside the allocator's.
 type policy struct {
+	// renewalsOnly: see SetRenewalsOnly.
+	renewalsOnly  bool
 	leaseTime     time.Duration
 	identifyByMAC bool
 	resolver      Resolver
@@ -279,6 +282,21 @@ func policyOf(opts *Options, alloc *allocator) *policy {
 		resolverStale: opts.ResolverStale,
 		notify:        opts.Notify,
 	}
+}
+
+// SetRenewalsOnly turns renewals-only mode on or off. In it a client is
+// told only what it already holds: a REQUEST for its own bound, unexpired
+// lease is ACKed with the time left, nothing is extended, allocated,
+// released or written, and every other packet gets no answer. It is what
+// a replica of a pair may do when no replica can hold the Lease (the API
+// server is away): renewing a client's own address cannot give it to
+// anyone else, and extending nothing keeps the other replica's copy true.
+func (db *LeaseDB) SetRenewalsOnly(on bool) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	p := *db.policy.Load()
+	p.renewalsOnly = on
+	db.policy.Store(&p)
 }
 
 // Reconfigure applies edited options while the plugin serves: pools,
@@ -306,7 +324,9 @@ func (db *LeaseDB) Reconfigure(opts Options) error {
 		return fmt.Errorf("leasedb: %w", err)
 	}
 	db.alloc = alloc
-	db.policy.Store(policyOf(&opts, alloc))
+	next := policyOf(&opts, alloc)
+	next.renewalsOnly = db.policy.Load().renewalsOnly
+	db.policy.Store(next)
 	if outside := alloc.stats().Outside; outside > 0 {
 		db.log.Warn("leases outside the configured subnet, pools and reservations are kept until they expire; their renewals are refused",
 			"count", outside)
@@ -538,6 +558,9 @@ func (db *LeaseDB) handle(req, resp *dhcpv4.DHCPv4, defer_ deferral) (*dhcpv4.DH
 		db.observer.Dropped(DropForeignRelay)
 		return nil, true
 	}
+	if db.policy.Load().renewalsOnly {
+		return db.confirmOnly(req, resp)
+	}
 	switch req.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
 		return db.discover(req, resp, defer_)
@@ -560,6 +583,39 @@ func (db *LeaseDB) handle(req, resp *dhcpv4.DHCPv4, defer_ deferral) (*dhcpv4.DH
 		db.observer.Dropped(DropUnsupported)
 		return nil, true
 	}
+}
+
+// confirmOnly answers req in renewals-only mode.
+func (db *LeaseDB) confirmOnly(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
+	c, known := db.clientOf(req)
+	if !known {
+		return nil, true
+	}
+	target, ok := addrOf(req.ClientIPAddr)
+	if requested, has := addrOf(req.RequestedIPAddress()); has && !ok {
+		target, ok = requested, true
+	}
+	_, named := addrOf(req.ServerIdentifier())
+	switch {
+	case req.MessageType() == dhcpv4.MessageTypeInform:
+		return resp, false
+	case req.MessageType() != dhcpv4.MessageTypeRequest || named || !ok:
+		// A new client or a choice between servers: not without the Lease.
+		db.observer.Dropped(DropRenewalsOnly)
+		return nil, true
+	}
+	var lease Lease
+	var now time.Time
+	db.mu.Lock()
+	now = db.now()
+	lease, ok = db.alloc.confirm(c, target, now)
+	db.mu.Unlock()
+	if !ok {
+		db.observer.Dropped(DropRenewalsOnly)
+		return nil, true
+	}
+	db.fillLeaseFor(resp, lease.IP, lease.Hostname, lease.Expires.Sub(now).Truncate(time.Second))
+	return resp, false
 }
 
 func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4, defer_ deferral) (*dhcpv4.DHCPv4, bool) {
@@ -805,8 +861,13 @@ func (db *LeaseDB) nak(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4, bool)
 
 // fillLease sets the address, lease time and renewal times of an OFFER or ACK.
 func (db *LeaseDB) fillLease(resp *dhcpv4.DHCPv4, a netip.Addr, hostname string) {
+	db.fillLeaseFor(resp, a, hostname, db.policy.Load().leaseTime)
+}
+
+// fillLeaseFor is fillLease with the lease time given.
+func (db *LeaseDB) fillLeaseFor(resp *dhcpv4.DHCPv4, a netip.Addr, hostname string, leaseTime time.Duration) {
+	leaseTime = max(leaseTime, time.Second)
 	resp.YourIPAddr = net.IP(a.AsSlice())
-	leaseTime := db.policy.Load().leaseTime
 	resp.UpdateOption(dhcpv4.OptIPAddressLeaseTime(leaseTime))
 	resp.UpdateOption(dhcpv4.OptRenewTimeValue(leaseTime / 2))
 	resp.UpdateOption(dhcpv4.OptRebindingTimeValue(leaseTime * 7 / 8))

@@ -142,3 +142,32 @@ func TestReconfigureExcludingALeasedAddressRefusesItsRenewal(t *testing.T) {
 		assert.NotEqual(t, ip, h.dora(mac(i)), "nor handed to anyone")
 	}
 }
+
+// TestRenewalsOnlyConfirmsWithoutExtending: a client's own lease is ACKed
+// with the time it has left and nothing is written; new clients, choices
+// between servers and other clients' addresses get no answer.
+func TestRenewalsOnlyConfirmsWithoutExtending(t *testing.T) {
+	h := newHarness(t, nil)
+	ip := h.dora(mac(1))
+	before := h.stored()[ip]
+	h.clock.Advance(20 * time.Minute)
+	h.db.SetRenewalsOnly(true)
+
+	ack := renew(t, h, mac(1), ip)
+	require.Equal(t, dhcpv4.MessageTypeAck, ack.MessageType())
+	assert.Equal(t, 40*time.Minute, ack.IPAddressLeaseTime(0), "the time the lease has left")
+	reboot := h.handle(packet(t, dhcpv4.MessageTypeRequest, mac(1), requestIP(ip)))
+	require.NotNil(t, reboot, "INIT-REBOOT of its own address")
+	assert.Equal(t, dhcpv4.MessageTypeAck, reboot.MessageType())
+	assert.Equal(t, before, h.stored()[ip], "nothing is written")
+
+	assert.Nil(t, h.discover(mac(2)), "no new client")
+	assert.Nil(t, h.handle(packet(t, dhcpv4.MessageTypeRequest, mac(2), dhcpv4.WithClientIP(net.IP(ip.AsSlice())))), "not another's address")
+	assert.Nil(t, h.handle(packet(t, dhcpv4.MessageTypeRequest, mac(1), requestIP(ip),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IP(serverAddr.AsSlice()))))), "no SELECTING")
+	h.clock.Advance(41 * time.Minute)
+	assert.Nil(t, h.handle(packet(t, dhcpv4.MessageTypeRequest, mac(1), dhcpv4.WithClientIP(net.IP(ip.AsSlice())))), "not once it expired")
+
+	h.db.SetRenewalsOnly(false)
+	assert.NotNil(t, h.discover(mac(2)), "answering again")
+}

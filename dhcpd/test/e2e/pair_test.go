@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,6 +40,7 @@ type pairBed struct {
 	exited1    chan error
 	kubeconfig string
 	k8s        crclient.Client
+	apiHost    string
 	// cutAPI0 and cutAPI1 take the API server away from one replica.
 	cutAPI0, cutAPI1 func()
 }
@@ -49,7 +51,7 @@ func newPairBed(t *testing.T) *pairBed {
 	b := newTestBed(t, nil)
 	certs, err := testenv.WritePairCerts(b.dir, "pair")
 	require.NoError(t, err)
-	p := &pairBed{testBed: b, kubeconfig: kubeconfig, k8s: k8s}
+	p := &pairBed{testBed: b, kubeconfig: kubeconfig, k8s: k8s, apiHost: apiHost}
 	p.second = b.addClient("02:00:5e:00:00:03")
 	sh(t, "ip", "-n", p.second.ns, "addr", "add", standbyIP+"/24", "dev", "eth0")
 	p.cutAPI0 = forwardAPIServer(t, b.serverNS, apiHost)
@@ -196,8 +198,8 @@ func TestPairTakesOverWhenTheActiveIsKilled(t *testing.T) {
 	assert.Equal(t, standbyIP, server, "the standby took over")
 	record("02:00:5e:70:01:00", ip)
 
-	// The active's clients come back (INIT-REBOOT, their address asked
-	// for): the survivor knows every one of their leases.
+	// The active's clients come back, asking for their address (option 50
+	// in the DISCOVER): the survivor knows every one of their leases.
 	for i, mac := range before {
 		var held string
 		for a, m := range owner {
@@ -378,4 +380,39 @@ func (c *dhcpCapture) acksFrom(server string) []time.Time {
 		}
 	}
 	return acks
+}
+
+// TestAPIServerDownLeavesRenewalsOnly: with the API server gone nobody can
+// hold the Lease: the former active keeps answering its clients' renewals
+// with the time their leases have left and grants nothing new; once the
+// API server is back a replica holds the Lease and new clients are served.
+// The API server goes away by cutting both replicas' way to it (envtest's
+// kube-apiserver comes back with a new CA, which no client would trust).
+func TestAPIServerDownLeavesRenewalsOnly(t *testing.T) {
+	p := newPairBed(t)
+	p.up()
+	client := &udhcpc{c: p.addClient("02:00:5e:74:00:01")}
+	got := client.obtain()
+	held := got.IP
+
+	p.cutAPI0()
+	p.cutAPI1()
+	require.Eventually(t, func() bool { return countIn(p.logPath, "answering renewals of existing leases only") > 0 },
+		20*time.Second, 100*time.Millisecond, "the active notices it cannot renew the Lease")
+
+	renewed := client.renew()
+	assert.Equal(t, held, renewed.IP, "the client keeps its address")
+	leaseTime, _ := strconv.Atoi(renewed.LeaseTime)
+	assert.Less(t, leaseTime, 600, "with the time its lease has left, not a new lease")
+	assert.Positive(t, leaseTime)
+
+	stranger := p.addClient("02:00:5e:74:00:02")
+	_, err := stranger.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", stranger.hook(false), "-t", "3", "-T", "1").CombinedOutput()
+	assert.Error(t, err, "no new client without the Lease")
+
+	forwardAPIServer(t, p.serverNS, p.apiHost)
+	forwardAPIServer(t, p.second.ns, p.apiHost)
+	ip, server := p.obtainFrom("02:00:5e:74:00:03")
+	t.Logf("after the API server came back, %s answered a new client with %s", server, ip)
+	assert.NotEqual(t, held, ip)
 }
