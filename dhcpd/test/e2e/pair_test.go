@@ -314,24 +314,66 @@ func TestReplicationCutLeavesTheActiveServingAlone(t *testing.T) {
 }
 
 // TestActiveCutFromTheAPIHandsOver: the active loses its way to the API
-// server, so it cannot renew its Lease: it stops acknowledging and exits
-// (to come back as the standby), and the standby, in sync, takes over.
+// server, so it cannot renew its Lease: it grants nothing more (renewals of
+// its clients' own leases only, as it cannot tell this from an API outage)
+// and the standby, in sync, takes over; once the active sees the API again
+// and that the other replica holds the Lease, it exits to come back as the
+// standby.
 func TestActiveCutFromTheAPIHandsOver(t *testing.T) {
 	p := newPairBed(t)
 	p.up()
 	cut := time.Now()
 	p.cutAPI0()
+	require.Eventually(t, func() bool { return countIn(p.logPath, "answering renewals of existing leases only") > 0 },
+		20*time.Second, 100*time.Millisecond, "the active without the API grants nothing more")
+	t.Logf("the active stopped granting %s after losing the API", time.Since(cut).Round(time.Millisecond))
+	_, server := p.obtainFrom("02:00:5e:73:00:01")
+	assert.Equal(t, standbyIP, server)
+	t.Logf("a new client was answered by the standby %s after the cut", time.Since(cut).Round(time.Millisecond))
+
+	forwardAPIServer(t, p.serverNS, p.apiHost)
 	select {
 	case <-p.exited:
 		p.server = nil
 	case <-time.After(20 * time.Second):
-		t.Fatal("the active without the API did not step down")
+		t.Fatal("the former active did not step down once it saw the new holder")
 	}
-	t.Logf("the active stepped down %s after losing the API", time.Since(cut).Round(time.Millisecond))
 	assert.Positive(t, countIn(p.logPath, "lost the Lease"))
-	_, server := p.obtainFrom("02:00:5e:73:00:01")
-	assert.Equal(t, standbyIP, server)
-	t.Logf("a new client was answered by the standby %s after the cut", time.Since(cut).Round(time.Millisecond))
+}
+
+// TestAPIServerDownLeavesRenewalsOnly: with the API server gone nobody can
+// hold the Lease: the former active keeps answering its clients' renewals
+// with the time their leases have left and grants nothing new; once the
+// API server is back a replica holds the Lease and new clients are served.
+// The API server goes away by cutting both replicas' way to it (envtest's
+// kube-apiserver comes back with a new CA, which no client would trust).
+func TestAPIServerDownLeavesRenewalsOnly(t *testing.T) {
+	p := newPairBed(t)
+	p.up()
+	client := &udhcpc{c: p.addClient("02:00:5e:74:00:01")}
+	got := client.obtain()
+	held := got.IP
+
+	p.cutAPI0()
+	p.cutAPI1()
+	require.Eventually(t, func() bool { return countIn(p.logPath, "answering renewals of existing leases only") > 0 },
+		20*time.Second, 100*time.Millisecond, "the active notices it cannot renew the Lease")
+
+	renewed := client.renew()
+	assert.Equal(t, held, renewed.IP, "the client keeps its address")
+	leaseTime, _ := strconv.Atoi(renewed.LeaseTime)
+	assert.Less(t, leaseTime, 600, "with the time its lease has left, not a new lease")
+	assert.Positive(t, leaseTime)
+
+	stranger := p.addClient("02:00:5e:74:00:02")
+	_, err := stranger.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", stranger.hook(false), "-t", "3", "-T", "1").CombinedOutput()
+	assert.Error(t, err, "no new client without the Lease")
+
+	forwardAPIServer(t, p.serverNS, p.apiHost)
+	forwardAPIServer(t, p.second.ns, p.apiHost)
+	ip, server := p.obtainFrom("02:00:5e:74:00:03")
+	t.Logf("after the API server came back, %s answered a new client with %s", server, ip)
+	assert.NotEqual(t, held, ip)
 }
 
 // dhcpCapture is tcpdump's decoded view of the DHCP packets on the bridge.
@@ -380,39 +422,4 @@ func (c *dhcpCapture) acksFrom(server string) []time.Time {
 		}
 	}
 	return acks
-}
-
-// TestAPIServerDownLeavesRenewalsOnly: with the API server gone nobody can
-// hold the Lease: the former active keeps answering its clients' renewals
-// with the time their leases have left and grants nothing new; once the
-// API server is back a replica holds the Lease and new clients are served.
-// The API server goes away by cutting both replicas' way to it (envtest's
-// kube-apiserver comes back with a new CA, which no client would trust).
-func TestAPIServerDownLeavesRenewalsOnly(t *testing.T) {
-	p := newPairBed(t)
-	p.up()
-	client := &udhcpc{c: p.addClient("02:00:5e:74:00:01")}
-	got := client.obtain()
-	held := got.IP
-
-	p.cutAPI0()
-	p.cutAPI1()
-	require.Eventually(t, func() bool { return countIn(p.logPath, "answering renewals of existing leases only") > 0 },
-		20*time.Second, 100*time.Millisecond, "the active notices it cannot renew the Lease")
-
-	renewed := client.renew()
-	assert.Equal(t, held, renewed.IP, "the client keeps its address")
-	leaseTime, _ := strconv.Atoi(renewed.LeaseTime)
-	assert.Less(t, leaseTime, 600, "with the time its lease has left, not a new lease")
-	assert.Positive(t, leaseTime)
-
-	stranger := p.addClient("02:00:5e:74:00:02")
-	_, err := stranger.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", stranger.hook(false), "-t", "3", "-T", "1").CombinedOutput()
-	assert.Error(t, err, "no new client without the Lease")
-
-	forwardAPIServer(t, p.serverNS, p.apiHost)
-	forwardAPIServer(t, p.second.ns, p.apiHost)
-	ip, server := p.obtainFrom("02:00:5e:74:00:03")
-	t.Logf("after the API server came back, %s answered a new client with %s", server, ip)
-	assert.NotEqual(t, held, ip)
 }
