@@ -44,6 +44,7 @@ type DNSName string
 // +kubebuilder:printcolumn:name="Free",type=integer,JSONPath=`.status.pool.free`
 // +kubebuilder:printcolumn:name="Generation",type=integer,JSONPath=`.metadata.generation`
 // +kubebuilder:printcolumn:name="Served",type=integer,JSONPath=`.status.served.generation`
+// +kubebuilder:printcolumn:name="Active",type=string,JSONPath=`.status.highAvailability.active`,priority=10
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=10
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
@@ -530,6 +531,27 @@ type ServerStatus struct {
 	// settings) is served by the pod that replaces it.
 	// +optional
 	Served *ServedStatus `json:"served,omitempty"`
+
+	// highAvailability is the active replica's report on the pair.
+	// +optional
+	HighAvailability *HighAvailabilityStatus `json:"highAvailability,omitempty"`
+}
+
+// HighAvailabilityStatus is the pair as its active replica sees it.
+type HighAvailabilityStatus struct {
+	// active names the replica that answers (its Deployment's name).
+	Active string `json:"active"`
+	// epoch is the Lease's transition count when it took over.
+	Epoch int64 `json:"epoch"`
+	// since is when the active replica took the Lease: the last failover.
+	Since metav1.Time `json:"since"`
+	// standbyInSync is false while the standby may miss leases (it is
+	// away or catching up): a failure of the active now would lose them.
+	StandbyInSync bool `json:"standbyInSync"`
+	// replicationLagMilliseconds is how long ago the standby last
+	// confirmed a batch or heartbeat.
+	// +optional
+	ReplicationLagMilliseconds int64 `json:"replicationLagMilliseconds,omitempty"`
 }
 
 // ServedStatus is the spec generation hyperdhcpd serves, and the last one it

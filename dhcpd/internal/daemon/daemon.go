@@ -228,8 +228,9 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 
 	ctx, lostLease := context.WithCancelCause(ctx)
 	defer lostLease(nil)
+	var pairStatus func() *hyperdhcpv1beta1.HighAvailabilityStatus
 	if cfg.HighAvailability != nil {
-		if err := startReplica(ctx, cfg, store, activate, dbRef.Load, lostLease, metrics, log); err != nil {
+		if pairStatus, err = startReplica(ctx, cfg, store, activate, dbRef.Load, lostLease, metrics, log); err != nil {
 			return err
 		}
 	}
@@ -303,7 +304,7 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 		active := func() bool { return dbRef.Load() != nil }
 		stats := func() leasedb.Stats { return dbRef.Load().Stats() }
 		fault := func() (time.Time, error) { return dbRef.Load().StorageFault() }
-		startStatusReporter(ctx, k, active, stats, fault, storageChanged, reload, log)
+		startStatusReporter(ctx, k, active, stats, fault, storageChanged, reload, pairStatus, log)
 	}
 	log.Info("serving DHCP", "interface", cfg.Interface, "port", cfg.Port, "server", cfg.Server.ServerIP,
 		"generation", cfg.Generation(), "metrics", cfg.MetricsAddress, "active", dbRef.Load() != nil)
@@ -430,7 +431,7 @@ func watchVMs(ctx context.Context, cfg *config.Config, metrics *server.Metrics, 
 // status.leaseStorage current. Without an API server hyperdhcpd still
 // serves DHCP: problems are logged, not fatal.
 func startStatusReporter(ctx context.Context, k *config.Kubernetes, active func() bool, stats func() leasedb.Stats, storage func() (time.Time, error),
-	storageChanged <-chan struct{}, reload *reloader, log *slog.Logger) {
+	storageChanged <-chan struct{}, reload *reloader, pair func() *hyperdhcpv1beta1.HighAvailabilityStatus, log *slog.Logger) {
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
 		log.Error("not reporting pool usage to Kubernetes", "error", err)
@@ -444,6 +445,9 @@ func startStatusReporter(ctx context.Context, k *config.Kubernetes, active func(
 	reporter.WatchStorage(storage, storageChanged)
 	reporter.WatchServed(reload.served, reload.changed)
 	reporter.OnlyWhile(active)
+	if pair != nil {
+		reporter.WatchPair(pair)
+	}
 	go reporter.Run(ctx)
 	if k.ConfigMap != "" {
 		if err := reload.watchConfigMap(ctx, restConfig, k); err != nil {

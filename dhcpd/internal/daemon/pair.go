@@ -12,7 +12,10 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
+	hyperdhcpv1beta1 "github.com/hyperdhcp/hyperdhcp/apis/v1beta1"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/ha"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/server"
 	"github.com/hyperdhcp/hyperdhcp/dhcpd/internal/status"
@@ -81,27 +84,28 @@ func holderNow(ctx context.Context, election *ha.Election) (string, error) {
 // until it holds the Lease again, unless the other replica took it
 // meanwhile: then it exits and comes back as the standby.
 func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, activate func(leasedb.Store) error,
-	current func() *leasedb.LeaseDB, lost context.CancelCauseFunc, metrics *server.Metrics, log *slog.Logger) error {
+	current func() *leasedb.LeaseDB, lost context.CancelCauseFunc, metrics *server.Metrics, log *slog.Logger) (func() *hyperdhcpv1beta1.HighAvailabilityStatus, error) {
 	pair, k := cfg.HighAvailability, cfg.Kubernetes
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
-		return fmt.Errorf("high availability: %w", err)
+		return nil, fmt.Errorf("high availability: %w", err)
 	}
 	log = log.With("replica", pair.Replica)
 	election, err := ha.NewElection(restConfig, k.ServerNamespace, pair.Lease, pair.Replica, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	files := ha.TLSFiles{CA: pair.CA, Cert: pair.Cert, Key: pair.Key}
 	replica, err := ha.NewReplica(store, election, pair.Peer, files, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := replica.Listen(ctx, pair.Listen, files); err != nil {
-		return err
+		return nil, err
 	}
 	metrics.Role(false)
 	var heldEpoch atomic.Int64
+	var tookOver atomic.Int64 // Unix nanoseconds of the takeover
 	election.OnStartedLeading = func(epoch int64, inSync bool) {
 		if db := current(); db != nil {
 			// The Lease again, after an outage of the API server.
@@ -119,6 +123,7 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 			return
 		}
 		heldEpoch.Store(epoch)
+		tookOver.Store(time.Now().UnixNano())
 		metrics.Role(true)
 		metrics.Failover()
 		log.Info("active: answering DHCP", "epoch", epoch, "standby_was_in_sync", inSync)
@@ -165,5 +170,14 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 		ok, err := election.MayStand(ctx)
 		return err == nil && ok
 	})
-	return nil
+	report := func() *hyperdhcpv1beta1.HighAvailabilityStatus {
+		if !election.Fresh(time.Now()) {
+			return nil
+		}
+		return &hyperdhcpv1beta1.HighAvailabilityStatus{
+			Active: pair.Replica, Epoch: election.Epoch(), Since: metav1.NewTime(time.Unix(0, tookOver.Load())),
+			StandbyInSync: replica.InSync(), ReplicationLagMilliseconds: replica.Lag(time.Now()).Round(time.Second).Milliseconds(),
+		}
+	}
+	return report, nil
 }

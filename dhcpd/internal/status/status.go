@@ -50,7 +50,12 @@ type Reporter struct {
 	served        func() hyperdhcpv1beta1.ServedStatus
 	servedChanged <-chan struct{}
 	active        func() bool
+	pair          func() *hyperdhcpv1beta1.HighAvailabilityStatus
 }
+
+// WatchPair makes the reporter write status.highAvailability from pair (nil
+// while this replica is not the active one). Call it before Run.
+func (r *Reporter) WatchPair(pair func() *hyperdhcpv1beta1.HighAvailabilityStatus) { r.pair = pair }
 
 // OnlyWhile makes the reporter write only while active returns true: of a
 // pair of replicas, the active one reports. Call it before Run.
@@ -74,6 +79,7 @@ type report struct {
 	pool    leasedb.Stats
 	storage *hyperdhcpv1beta1.LeaseStorageStatus
 	served  *hyperdhcpv1beta1.ServedStatus
+	pair    *hyperdhcpv1beta1.HighAvailabilityStatus
 }
 
 func (r *Reporter) current(previous *report) report {
@@ -81,6 +87,9 @@ func (r *Reporter) current(previous *report) report {
 	if r.served != nil {
 		served := r.served()
 		now.served = &served
+	}
+	if r.pair != nil {
+		now.pair = r.pair()
 	}
 	if r.storage == nil {
 		return now
@@ -102,6 +111,9 @@ func (n report) changedFrom(previous *report) bool {
 		return true
 	}
 	if (n.served == nil) != (previous.served == nil) || n.served != nil && *n.served != *previous.served {
+		return true
+	}
+	if (n.pair == nil) != (previous.pair == nil) || n.pair != nil && *n.pair != *previous.pair {
 		return true
 	}
 	if (n.storage == nil) != (previous.storage == nil) {
@@ -195,11 +207,13 @@ func (r *Reporter) patch(ctx context.Context, now report) error {
 		RefusedMessage    string      `json:"refusedMessage"`
 	}
 	type status struct {
-		Pool         hyperdhcpv1beta1.PoolStatus `json:"pool"`
-		LeaseStorage *leaseStorage               `json:"leaseStorage,omitempty"`
-		Served       *served                     `json:"served,omitempty"`
+		Pool         hyperdhcpv1beta1.PoolStatus              `json:"pool"`
+		LeaseStorage *leaseStorage                            `json:"leaseStorage,omitempty"`
+		Served       *served                                  `json:"served,omitempty"`
+		Pair         *hyperdhcpv1beta1.HighAvailabilityStatus `json:"highAvailability,omitempty"`
 	}
 	report := status{Pool: hyperdhcpv1beta1.PoolStatus{Size: s.Size, Used: s.Used, Free: s.Free}}
+	report.Pair = now.pair
 	if v := now.served; v != nil {
 		report.Served = &served{Generation: v.Generation, Since: v.Since, RefusedGeneration: v.RefusedGeneration, RefusedMessage: truncate(v.RefusedMessage, 1024)}
 	}

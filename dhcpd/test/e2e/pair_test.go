@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/hyperdhcp/hyperdhcp/apis/config"
@@ -52,6 +53,13 @@ func newPairBed(t *testing.T) *pairBed {
 	certs, err := testenv.WritePairCerts(b.dir, "pair")
 	require.NoError(t, err)
 	p := &pairBed{testBed: b, kubeconfig: kubeconfig, k8s: k8s, apiHost: apiHost}
+	// The Server the active replica reports on.
+	require.NoError(t, k8s.Create(context.Background(), &hyperdhcpv1beta1.Server{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "lab"},
+		Spec: hyperdhcpv1beta1.ServerSpec{NetworkAttachment: hyperdhcpv1beta1.NetworkAttachment{Name: "lab"}, ServerIP: serverIP,
+			Pools:            []hyperdhcpv1beta1.AddressRange{{Start: poolStart, End: poolEnd}},
+			HighAvailability: &hyperdhcpv1beta1.HighAvailabilitySpec{StandbyServerIP: standbyIP + "/24"}},
+	}))
 	p.second = b.addClient("02:00:5e:00:00:03")
 	sh(t, "ip", "-n", p.second.ns, "addr", "add", standbyIP+"/24", "dev", "eth0")
 	p.cutAPI0 = forwardAPIServer(t, b.serverNS, apiHost)
@@ -212,6 +220,15 @@ func TestPairTakesOverWhenTheActiveIsKilled(t *testing.T) {
 		assert.Equal(t, standbyIP, server)
 		record(mac, got)
 	}
+
+	require.Eventually(t, func() bool {
+		server := &hyperdhcpv1beta1.Server{}
+		if err := p.k8s.Get(context.Background(), crclient.ObjectKey{Namespace: "default", Name: "lab"}, server); err != nil {
+			return false
+		}
+		s := server.Status.HighAvailability
+		return s != nil && s.Active == "lab-1" && s.Since.After(killed) && !s.StandbyInSync
+	}, 20*time.Second, 200*time.Millisecond, "the Server's status names the new active, the failover, and a standby not in sync")
 
 	// The killed replica restarts as the standby and catches up.
 	p.startServer()
