@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -237,6 +238,82 @@ func TestPairTakesOverWhenTheActiveIsKilled(t *testing.T) {
 	assert.True(t, active(p.second.ns))
 }
 
+// TestPairKillSeriesUnderLoad kills the active (-9) again and again
+// (HYPERDHCP_HA_KILLS times, 2 by default; make bench runs 20) while
+// perfdhcp loads it, restarting each killed replica as the standby. From
+// tcpdump's record of the bridge: no address was ACKed to two clients, and
+// every address ACKed is in the final active's database for its client.
+// It reports how long each takeover took until a new client had a lease.
+func TestPairKillSeriesUnderLoad(t *testing.T) {
+	kills := 2
+	if v := os.Getenv("HYPERDHCP_HA_KILLS"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(t, err, "HYPERDHCP_HA_KILLS")
+		kills = n
+	}
+	p := newPairBed(t)
+	p.up()
+	capture := p.captureDHCP()
+	load := p.addClient("02:00:5e:75:ff:ff")
+	sh(t, "ip", "-n", load.ns, "addr", "add", "192.168.50.250/24", "dev", "eth0")
+	macsFile := filepath.Join(load.dir, "macs.txt")
+	writeMACs(t, macsFile, 40, 11)
+
+	type replica struct {
+		ip, ns, database string
+		kill, start      func()
+		caughtUp         func() int
+	}
+	first := replica{ip: "192.168.50.2", ns: p.serverNS, database: p.database,
+		kill:     func() { require.NoError(t, p.server.Process.Kill()); <-p.exited; p.server = nil },
+		start:    p.startServer,
+		caughtUp: func() int { return countIn(p.logPath, "caught up with the active") }}
+	second := replica{ip: standbyIP, ns: p.second.ns, database: p.database1,
+		kill: func() { p.stopSecond(syscall.SIGKILL) }, start: p.startSecond,
+		caughtUp: func() int { return countIn(p.log1, "caught up with the active") }}
+	activeOne, standbyOne := first, second
+	var takeovers []time.Duration
+	for k := range kills {
+		perf := exec.Command("ip", "netns", "exec", load.ns, "perfdhcp", "-4", "-r", "200", "-p", "4", "-d", "2", "-M", macsFile,
+			"-s", strconv.Itoa(k+1), activeOne.ip)
+		require.NoError(t, perf.Start())
+		time.Sleep(2 * time.Second)
+		killed := time.Now()
+		activeOne.kill()
+		_, server := p.obtainFrom(fmt.Sprintf("02:00:5e:75:%02x:01", k))
+		takeovers = append(takeovers, time.Since(killed))
+		assert.Equal(t, standbyOne.ip, server, "kill %d: the standby took over", k)
+		_ = perf.Wait() // its exchanges with the killed replica are lost, as they should be
+
+		before := activeOne.caughtUp()
+		activeOne.start()
+		require.Eventually(t, func() bool { return activeOne.caughtUp() > before }, 30*time.Second, 100*time.Millisecond,
+			"kill %d: the killed replica comes back as the standby and catches up", k)
+		require.Eventually(t, func() bool { return active(standbyOne.ns) && !active(activeOne.ns) }, 10*time.Second, 100*time.Millisecond)
+		activeOne, standbyOne = standbyOne, activeOne
+		time.Sleep(time.Second) // the new active's heartbeat finds the standby in sync
+	}
+	time.Sleep(500 * time.Millisecond) // the capture's last lines
+
+	acks := capture.acks()
+	require.NotEmpty(t, acks)
+	owner := map[string]string{}
+	for _, a := range acks {
+		if prev, ok := owner[a.ip]; ok && prev != a.mac {
+			t.Errorf("%s was ACKed to %s and, by %s at %s, to %s", a.ip, prev, a.server, a.at.Format(time.StampMicro), a.mac)
+		}
+		owner[a.ip] = a.mac
+	}
+	final := storedBound(t, activeOne.database)
+	for ip, mac := range owner {
+		assert.Equal(t, mac, final[ip], "%s, ACKed to %s on the wire, is in the surviving database", ip, mac)
+	}
+	slices.Sort(takeovers)
+	t.Logf("%d ACKs audited over %d kills; takeover until a new client had a lease: min %s, median %s, max %s (all: %v)",
+		len(acks), kills, takeovers[0].Round(time.Millisecond), takeovers[len(takeovers)/2].Round(time.Millisecond),
+		takeovers[len(takeovers)-1].Round(time.Millisecond), takeovers)
+}
+
 // TestPausedActiveAcknowledgesNothingAfterTakeover: the active is paused
 // (SIGSTOP) for longer than the Lease; the standby takes over; resumed,
 // the former active sends no ACK (the clients' records say who answered)
@@ -414,29 +491,55 @@ func (p *pairBed) captureDHCP() *dhcpCapture {
 	return &dhcpCapture{path: path}
 }
 
-// acksFrom returns when each DHCPACK from server was on the wire.
-func (c *dhcpCapture) acksFrom(server string) []time.Time {
+// ack is a DHCPACK seen on the wire.
+type ack struct {
+	at              time.Time
+	server, ip, mac string
+}
+
+// acks returns every DHCPACK on the wire, in order.
+func (c *dhcpCapture) acks() []ack {
 	data, _ := os.ReadFile(c.path)
-	var acks []time.Time
-	var at time.Time
-	var from bool
+	var out []ack
+	var cur ack
+	var isACK bool
+	flush := func() {
+		if isACK {
+			out = append(out, cur)
+		}
+		cur, isACK = ack{}, false
+	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if line != "" && line[0] >= '0' && line[0] <= '9' {
-			// A packet: "1764500000.123456 IP (tos ...)" then its addresses.
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case line != "" && line[0] >= '0' && line[0] <= '9':
+			// A packet: "1764500000.123456 IP (tos ...)", then its fields.
+			flush()
 			var sec, usec int64
 			if _, err := fmt.Sscanf(line, "%d.%d", &sec, &usec); err == nil {
-				at = time.Unix(sec, usec*1000)
+				cur.at = time.Unix(sec, usec*1000)
 			}
-			from = false
-			continue
-		}
-		trimmed := strings.TrimSpace(line)
-		if strings.HasPrefix(trimmed, server+".67 >") {
-			from = true
-		}
-		if from && strings.Contains(trimmed, "DHCP-Message (53)") && strings.HasSuffix(trimmed, "ACK") {
-			acks = append(acks, at)
+		case strings.Contains(trimmed, ".67 > ") && cur.server == "":
+			cur.server, _, _ = strings.Cut(trimmed, ".67 > ")
+		case strings.HasPrefix(trimmed, "Your-IP "):
+			cur.ip = strings.TrimPrefix(trimmed, "Your-IP ")
+		case strings.HasPrefix(trimmed, "Client-Ethernet-Address "):
+			cur.mac = strings.TrimPrefix(trimmed, "Client-Ethernet-Address ")
+		case strings.Contains(trimmed, "DHCP-Message (53)") && strings.HasSuffix(trimmed, "ACK"):
+			isACK = true
 		}
 	}
-	return acks
+	flush()
+	return out
+}
+
+// acksFrom returns when each DHCPACK from server was on the wire.
+func (c *dhcpCapture) acksFrom(server string) []time.Time {
+	var out []time.Time
+	for _, a := range c.acks() {
+		if a.server == server {
+			out = append(out, a.at)
+		}
+	}
+	return out
 }
