@@ -99,8 +99,12 @@ fuzz: ## Fuzz hyperdhcpd's packet handling and the lease allocator against its m
 	cd dhcpd && go test -run '^$$' -fuzz '^FuzzAllocatorModel$$' -fuzztime $(FUZZTIME) ./plugins/leasedb
 
 .PHONY: bench
-bench: ## hyperdhcpd beside Kea, dnsmasq and stock CoreDHCP (perfdhcp sweep, chart), a 65,000-lease restart and the Go benchmarks, in one report (root; SERVERS=, RATES=, DURATION=).
+bench: ## hyperdhcpd beside Kea, dnsmasq and stock CoreDHCP (perfdhcp sweep, chart), a 65,000-lease restart and the Go benchmarks, in one report, then 20 failovers of a hot-standby pair (root; SERVERS=, RATES=, DURATION=).
 	hack/bench/dhcp.sh
+	mkdir -p $(LOCALBIN)/bench && cd dhcpd/test/e2e && KUBEBUILDER_ASSETS="$$($(CURDIR)/hack/envtest.sh)" HYPERDHCP_HA_KILLS=20 \
+		go test -count=1 -timeout 30m -run '^TestPairKillSeriesUnderLoad$$' -v . > $(LOCALBIN)/bench/failover.txt; \
+		status=$$?; grep -E 'ACKs audited|^(ok|FAIL|---)' $(LOCALBIN)/bench/failover.txt; exit $$status
+
 
 .PHONY: test-module
 test-module: ## Run one module's tests: make test-module MODULE=apis/test
