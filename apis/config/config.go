@@ -82,6 +82,10 @@ type HighAvailability struct {
 	Listen string `json:"listen"`
 	// Peer is the other replica's replication endpoint (https://host:port).
 	Peer string `json:"peer"`
+	// Bootstrap lets this replica take a Lease nobody has held without
+	// catching up first: the replica that has the Server's database when
+	// the pair is made. The other must never answer first.
+	Bootstrap bool `json:"bootstrap,omitempty"`
 	// CA, Cert and Key are PEM files: the pair's CA and the certificate
 	// both replicas present; a peer without one of the CA's is refused.
 	CA   string `json:"ca"`

@@ -86,6 +86,7 @@ func holderNow(ctx context.Context, election *ha.Election) (string, error) {
 func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, activate func(leasedb.Store) error,
 	current func() *leasedb.LeaseDB, lost context.CancelCauseFunc, metrics *server.Metrics, log *slog.Logger) (func() *hyperdhcpv1beta1.HighAvailabilityStatus, error) {
 	pair, k := cfg.HighAvailability, cfg.Kubernetes
+	leaseTime := cfg.Server.LeaseTime.Duration
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("high availability: %w", err)
@@ -118,11 +119,27 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 			log.Info("holding the Lease again: answering every client", "epoch", epoch)
 			return
 		}
+		replica.Activate(epoch)
 		if err := activate(replica); err != nil {
 			lost(fmt.Errorf("activate after taking the Lease: %w", err))
 			return
 		}
 		heldEpoch.Store(epoch)
+		if !inSync {
+			// The former active went on alone: this database may lack
+			// leases it granted. Until they have ended (a lease time), only
+			// clients' own leases are confirmed, nothing new is granted.
+			if db := current(); db != nil {
+				db.SetRenewalsOnly(true)
+				log.Warn("took over from an active that was alone: answering renewals only until its leases have ended", "for", leaseTime)
+				time.AfterFunc(leaseTime, func() {
+					if election.Fresh(time.Now()) && election.Epoch() == epoch {
+						db.SetRenewalsOnly(false)
+						log.Info("every lease granted alone has ended: answering every client")
+					}
+				})
+			}
+		}
 		tookOver.Store(time.Now().UnixNano())
 		metrics.Role(true)
 		metrics.Failover()
@@ -167,7 +184,7 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 		if replica.InSync() {
 			return true
 		}
-		ok, err := election.MayStand(ctx)
+		ok, err := election.MayStand(ctx, pair.Bootstrap)
 		return err == nil && ok
 	})
 	report := func() *hyperdhcpv1beta1.HighAvailabilityStatus {

@@ -87,7 +87,8 @@ func (e *Election) Fresh(now time.Time) bool {
 func (e *Election) Epoch() int64 { return e.epoch.Load() }
 
 // Run stands for the Lease whenever eligible says the replica may (a
-// standby in sync), until ctx ends.
+// standby in sync), until ctx ends. A candidate that stops being eligible
+// (its stream has a gap, it is catching up) stops standing at once.
 func (e *Election) Run(ctx context.Context, eligible func() bool) {
 	for ctx.Err() == nil {
 		if !eligible() {
@@ -117,17 +118,34 @@ func (e *Election) Run(ctx context.Context, eligible func() bool) {
 			e.log.Error("cannot stand for the Lease", "error", err)
 			return
 		}
-		elector.Run(ctx)
+		standing, stop := context.WithCancel(ctx)
+		go func() {
+			ticker := time.NewTicker(200 * time.Millisecond)
+			defer ticker.Stop()
+			for {
+				select {
+				case <-standing.Done():
+					return
+				case <-ticker.C:
+					if !e.leading.Load() && !e.Fresh(time.Now()) && !eligible() {
+						stop()
+						return
+					}
+				}
+			}
+		}()
+		elector.Run(standing)
+		stop()
 	}
 }
 
 func (e *Election) startedLeading(ctx context.Context) {
+	e.leading.Store(true)
 	inSync := true
 	lease, err := e.leases.Leases(e.namespace).Get(ctx, e.name, metav1.GetOptions{})
 	if err == nil && lease.Labels[InSyncLabel] == "false" {
 		inSync = false
 	}
-	e.leading.Store(true)
 	e.log.Info("took the Lease: active", "lease", e.namespace+"/"+e.name, "epoch", e.Epoch(), "standby_was_in_sync", inSync)
 	if e.OnStartedLeading != nil {
 		e.OnStartedLeading(e.Epoch(), inSync)
@@ -150,18 +168,22 @@ func (e *Election) Holder(ctx context.Context) (string, error) {
 func (e *Election) Identity() string { return e.identity }
 
 // MayStand tells whether a replica that is not in sync with an active may
-// still stand for the Lease: when the pair never had an active (no Lease
-// yet), or when it was itself the last holder (an active holds every lease
-// it acknowledged). Otherwise only a standby in sync may.
-func (e *Election) MayStand(ctx context.Context) (bool, error) {
+// still stand for the Lease: when it was itself the last holder (an active
+// holds every lease it acknowledged), or, for the bootstrap replica (the
+// one with the Server's database when the pair was made), when nobody has
+// held the Lease yet. Otherwise only a standby in sync may: a new replica
+// with an empty database must never be the first to answer.
+func (e *Election) MayStand(ctx context.Context, bootstrap bool) (bool, error) {
 	lease, err := e.leases.Leases(e.namespace).Get(ctx, e.name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		return true, nil
+		return bootstrap, nil
 	case err != nil:
 		return false, err
+	case lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "":
+		return bootstrap, nil
 	}
-	return lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == e.identity, nil
+	return *lease.Spec.HolderIdentity == e.identity, nil
 }
 
 // SetInSync records on the Lease whether the standby holds every lease;
@@ -213,11 +235,22 @@ func (l *trackedLock) write(ctx context.Context, record resourcelock.LeaderElect
 func (l *trackedLock) setLabel(ctx context.Context, key, value string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.last == nil || !l.election.leading.Load() {
+	if l.last == nil || !l.election.leading.Load() || !l.election.Fresh(time.Now()) {
+		return fmt.Errorf("not holding the Lease")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	// Read it again: the elector's last read may be of the other
+	// replica's record, which this write must never put back to ours.
+	current, _, err := l.inner.Get(ctx)
+	if err != nil {
+		return fmt.Errorf("label the Lease: %w", err)
+	}
+	if current.HolderIdentity != l.inner.Identity() || current.LeaderTransitions != l.last.LeaderTransitions {
 		return fmt.Errorf("not holding the Lease")
 	}
 	l.inner.Labels = map[string]string{key: value}
-	if err := l.inner.Update(ctx, *l.last); err != nil {
+	if err := l.inner.Update(ctx, *current); err != nil {
 		return fmt.Errorf("label the Lease %s=%s: %w", key, value, err)
 	}
 	return nil

@@ -90,11 +90,12 @@ func TestPairFailsOverWithoutLosingAnAcknowledgedLease(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
 		require.NoError(t, replica.Listen(ctx, addrs[i], files))
+		election.OnStartedLeading = func(epoch int64, _ bool) { replica.Activate(epoch) }
 		go election.Run(ctx, func() bool {
 			if replica.InSync() {
 				return true
 			}
-			ok, _ := election.MayStand(ctx)
+			ok, _ := election.MayStand(ctx, i == 0)
 			return ok
 		})
 		go replica.Heartbeat(ctx)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"sync"
@@ -41,7 +42,10 @@ var (
 // batch is one replication message: changes of one group commit (none for
 // a heartbeat), numbered within the sender's epoch.
 type batch struct {
-	Epoch   int64            `json:"epoch"`
+	Epoch int64 `json:"epoch"`
+	// Stream is chosen at random by the active for each term: a process
+	// that takes the Lease again in the same epoch starts a new stream.
+	Stream  uint64           `json:"stream"`
 	Seq     uint64           `json:"seq"`
 	Changes []leasedb.Change `json:"changes,omitempty"`
 }
@@ -49,6 +53,7 @@ type batch struct {
 // snapshot is every lease of the active and where its stream stands.
 type snapshot struct {
 	Epoch  int64           `json:"epoch"`
+	Stream uint64          `json:"stream"`
 	Seq    uint64          `json:"seq"`
 	Leases []leasedb.Lease `json:"leases"`
 }
@@ -73,10 +78,14 @@ type Replica struct {
 	// mu orders everything the stream carries: the active's batches and
 	// snapshots, the standby's applying and catching up.
 	mu sync.Mutex
-	// epoch and seq: where the stream stands (sent as the active, applied
-	// as the standby).
-	epoch int64
-	seq   uint64
+	// epoch, stream and seq: where the stream stands (sent as the active,
+	// applied as the standby).
+	epoch  int64
+	stream uint64
+	seq    uint64
+	// activated is the epoch this replica became active in; Apply refuses
+	// in any other.
+	activated atomic.Int64
 	// synced: as the standby, the local database holds the stream up to
 	// seq (it caught up since it started); as the active, the standby
 	// answered the last batch.
@@ -97,10 +106,12 @@ func NewReplica(local leasedb.Store, election *Election, peerURL string, files T
 		return nil, err
 	}
 	transport := &http.Transport{TLSClientConfig: config, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}
-	return &Replica{
+	r := &Replica{
 		local: local, election: election, peerURL: peerURL, log: log,
 		client: &http.Client{Transport: transport, Timeout: peerTimeout},
-	}, nil
+	}
+	r.activated.Store(-1)
+	return r, nil
 }
 
 // pairTLS is the TLS configuration both ends use: the pair's certificate,
@@ -167,6 +178,15 @@ func (r *Replica) Listen(ctx context.Context, addr string, files TLSFiles) error
 	return nil
 }
 
+// Activate makes this replica the active one of epoch: Apply writes only
+// while the Lease is fresh in that epoch.
+func (r *Replica) Activate(epoch int64) { r.activated.Store(epoch) }
+
+// newTerm starts the stream of a term; r.mu is held.
+func (r *Replica) newTerm(epoch int64) {
+	r.epoch, r.stream, r.seq, r.synced = epoch, rand.Uint64(), 0, false
+}
+
 // Load implements leasedb.Store.
 func (r *Replica) Load(ctx context.Context) ([]leasedb.Lease, error) { return r.local.Load(ctx) }
 
@@ -182,15 +202,15 @@ func (r *Replica) Close() error { return nil }
 func (r *Replica) Apply(ctx context.Context, changes []leasedb.Change) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.election.Fresh(time.Now()) {
+	epoch := r.election.Epoch()
+	if !r.election.Fresh(time.Now()) || epoch != r.activated.Load() {
 		return ErrNotActive
 	}
-	next := batch{Epoch: r.election.Epoch(), Seq: r.seq + 1, Changes: changes}
-	if next.Epoch != r.epoch {
+	if epoch != r.epoch || r.stream == 0 {
 		// A new term: the standby catches up from a snapshot of it.
-		r.epoch, r.seq, r.synced = next.Epoch, 0, false
-		next.Seq = 1
+		r.newTerm(epoch)
 	}
+	next := batch{Epoch: epoch, Stream: r.stream, Seq: r.seq + 1, Changes: changes}
 	var peerErr error
 	var wg sync.WaitGroup
 	if r.synced {
@@ -219,7 +239,7 @@ func (r *Replica) Apply(ctx context.Context, changes []leasedb.Change) error {
 		}
 		r.alone = true
 	}
-	if !r.election.Fresh(time.Now()) {
+	if !r.election.Fresh(time.Now()) || r.election.Epoch() != r.activated.Load() {
 		return ErrNotActive
 	}
 	return nil
@@ -267,8 +287,14 @@ func (r *Replica) Heartbeat(ctx context.Context) {
 		case <-ticker.C:
 		}
 		r.mu.Lock()
-		if r.election.Fresh(time.Now()) && r.epoch == r.election.Epoch() {
-			err := r.send(ctx, batch{Epoch: r.epoch, Seq: r.seq})
+		fresh := r.election.Fresh(time.Now()) && r.election.Epoch() == r.activated.Load()
+		if fresh && (r.epoch != r.election.Epoch() || r.stream == 0) {
+			// The first heartbeat of a term starts its stream, so the
+			// standby catches up before the first batch.
+			r.newTerm(r.election.Epoch())
+		}
+		if fresh {
+			err := r.send(ctx, batch{Epoch: r.epoch, Stream: r.stream, Seq: r.seq})
 			switch {
 			case err == nil:
 				r.lastConfirmed.Store(time.Now().UnixNano())
@@ -285,9 +311,6 @@ func (r *Replica) Heartbeat(ctx context.Context) {
 				r.synced = false
 				r.log.Warn("the standby does not answer heartbeats", "error", err)
 			}
-		} else if r.election.Fresh(time.Now()) {
-			// The first batch of a term: start the stream so the standby catches up.
-			r.epoch, r.seq, r.synced = r.election.Epoch(), 0, false
 		}
 		r.mu.Unlock()
 	}
@@ -325,7 +348,7 @@ func (r *Replica) receive(w http.ResponseWriter, req *http.Request) {
 	case b.Epoch < r.epoch || b.Epoch < r.election.Epoch():
 		http.Error(w, fmt.Sprintf("epoch %d is older than %d", b.Epoch, max(r.epoch, r.election.Epoch())), http.StatusConflict)
 		return
-	case !r.synced || b.Epoch > r.epoch || len(b.Changes) == 0 && b.Seq != r.seq || len(b.Changes) > 0 && b.Seq != r.seq+1:
+	case !r.synced || b.Epoch > r.epoch || b.Stream != r.stream || len(b.Changes) == 0 && b.Seq != r.seq || len(b.Changes) > 0 && b.Seq != r.seq+1:
 		// Behind (or the active started over): every batch the active
 		// applied alone must be here before this replica is in sync.
 		r.startCatchUp()
@@ -343,33 +366,37 @@ func (r *Replica) receive(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// serveSnapshot sends every lease and where the stream stands, between two
-// batches, while this replica is active.
+// serveSnapshot sends every lease and where the stream stands, taken
+// between two batches, while this replica is active. The standby that
+// asked has what the stream carried so far: the batches from here on go to
+// it again (if it cannot take them, the next batch says so).
 func (r *Replica) serveSnapshot(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.election.Fresh(time.Now()) || r.epoch != r.election.Epoch() {
+	if !r.election.Fresh(time.Now()) || r.election.Epoch() != r.activated.Load() || r.epoch != r.election.Epoch() || r.stream == 0 {
+		r.mu.Unlock()
 		http.Error(w, "not the active replica", http.StatusConflict)
 		return
 	}
 	leases, err := r.local.Load(req.Context())
+	s := snapshot{Epoch: r.epoch, Stream: r.stream, Seq: r.seq, Leases: leases}
+	if err == nil && !r.synced {
+		r.synced = true
+		r.log.Info("the standby is in sync again: it has the snapshot", "epoch", r.epoch, "seq", r.seq)
+	}
+	r.mu.Unlock()
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(snapshot{Epoch: r.epoch, Seq: r.seq, Leases: leases})
+	_ = json.NewEncoder(w).Encode(s)
 }
 
 // startCatchUp fetches a snapshot from the active in the background;
 // r.mu is held.
 func (r *Replica) startCatchUp() {
 	r.synced = false
-	if r.catchingUp.Swap(true) {
-		return
-	}
 	go func() {
-		defer r.catchingUp.Store(false)
 		if err := r.CatchUp(context.Background()); err != nil {
 			r.log.Warn("catching up with the active failed; retried at its next batch", "error", err)
 		}
@@ -377,8 +404,14 @@ func (r *Replica) startCatchUp() {
 }
 
 // CatchUp makes the local database equal to the active's snapshot; the
-// replica is in sync (and may stand for the Lease) once it succeeded.
+// replica is in sync (and may stand for the Lease) once it succeeded. One
+// runs at a time; a snapshot older than what the replica applied since is
+// dropped.
 func (r *Replica) CatchUp(ctx context.Context) error {
+	if !r.catchingUp.CompareAndSwap(false, true) {
+		return nil
+	}
+	defer r.catchingUp.Store(false)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.peerURL+"/v1/snapshot", nil)
@@ -405,6 +438,9 @@ func (r *Replica) CatchUp(ctx context.Context) error {
 	if r.election.Fresh(time.Now()) {
 		return errors.New("this replica became active")
 	}
+	if r.synced && (s.Epoch < r.epoch || s.Epoch == r.epoch && s.Stream == r.stream && s.Seq <= r.seq) {
+		return nil // batches since have brought it further
+	}
 	mine, err := r.local.Load(ctx)
 	if err != nil {
 		return err
@@ -423,7 +459,7 @@ func (r *Replica) CatchUp(ctx context.Context) error {
 	if err := r.local.Apply(ctx, changes); err != nil {
 		return fmt.Errorf("write snapshot: %w", err)
 	}
-	r.epoch, r.seq, r.synced = s.Epoch, s.Seq, true
+	r.epoch, r.stream, r.seq, r.synced = s.Epoch, s.Stream, s.Seq, true
 	r.log.Info("caught up with the active", "leases", len(s.Leases), "epoch", s.Epoch, "seq", s.Seq)
 	return nil
 }

@@ -285,8 +285,8 @@ func policyOf(opts *Options, alloc *allocator) *policy {
 }
 
 // SetRenewalsOnly turns renewals-only mode on or off. In it a client is
-// told only what it already holds: a REQUEST for its own bound, unexpired
-// lease is ACKed with the time left, nothing is extended, allocated,
+// told only what it already holds: a RENEWING or REBINDING REQUEST for its
+// own bound, unexpired lease is ACKed with the time left, nothing is extended, allocated,
 // released or written, and every other packet gets no answer. It is what
 // a replica of a pair may do when no replica can hold the Lease (the API
 // server is away): renewing a client's own address cannot give it to
@@ -591,16 +591,17 @@ func (db *LeaseDB) confirmOnly(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) 
 	if !known {
 		return nil, true
 	}
+	// Only RENEWING and REBINDING (ciaddr): a client in INIT-REBOOT may
+	// have given its address up to the other replica, which may have given
+	// it to someone else since.
 	target, ok := addrOf(req.ClientIPAddr)
-	if requested, has := addrOf(req.RequestedIPAddress()); has && !ok {
-		target, ok = requested, true
-	}
 	_, named := addrOf(req.ServerIdentifier())
+	_, requested := addrOf(req.RequestedIPAddress())
 	switch {
 	case req.MessageType() == dhcpv4.MessageTypeInform:
 		return resp, false
-	case req.MessageType() != dhcpv4.MessageTypeRequest || named || !ok:
-		// A new client or a choice between servers: not without the Lease.
+	case req.MessageType() != dhcpv4.MessageTypeRequest || named || requested || !ok:
+		// A new client, a choice between servers, or a reboot: not without the Lease.
 		db.observer.Dropped(DropRenewalsOnly)
 		return nil, true
 	}

@@ -54,6 +54,9 @@ func newPairBed(t *testing.T) *pairBed {
 	certs, err := testenv.WritePairCerts(b.dir, "pair")
 	require.NoError(t, err)
 	p := &pairBed{testBed: b, kubeconfig: kubeconfig, k8s: k8s, apiHost: apiHost}
+	// The empty Lease the operator makes (hyperdhcpd may only get and
+	// update it).
+	require.NoError(t, k8s.Create(context.Background(), &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "hyperdhcpd-lab"}}))
 	// The Server the active replica reports on.
 	require.NoError(t, k8s.Create(context.Background(), &hyperdhcpv1beta1.Server{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "lab"},
@@ -74,6 +77,7 @@ func newPairBed(t *testing.T) *pairBed {
 		c.Server.KubeVirt = &hyperdhcpv1beta1.KubeVirtSpec{Enabled: new(false)}
 		c.Kubernetes = &config.Kubernetes{ServerName: "lab", ServerNamespace: "default", Kubeconfig: kubeconfig}
 		c.HighAvailability = replica("lab-0", "192.168.50.2", standbyIP)
+		c.HighAvailability.Bootstrap = true
 	})
 	second := *b.cfg
 	second.Server = *b.cfg.Server.DeepCopy()
@@ -236,6 +240,21 @@ func TestPairTakesOverWhenTheActiveIsKilled(t *testing.T) {
 	require.Eventually(t, func() bool { return countIn(p.logPath, "caught up with the active") > 0 }, 20*time.Second, 100*time.Millisecond)
 	assert.False(t, active(p.serverNS), "the restarted replica is the standby")
 	assert.True(t, active(p.second.ns))
+}
+
+// TestNewReplicaNeverAnswersFirst: the second replica, started alone
+// before the pair ever had an active, does not take the Lease (its
+// database is empty); the bootstrap replica does, and the second catches
+// up from it.
+func TestNewReplicaNeverAnswersFirst(t *testing.T) {
+	p := newPairBed(t)
+	p.startSecond()
+	time.Sleep(ha.LeaseDuration + 2*ha.RetryPeriod)
+	assert.False(t, active(p.second.ns), "a replica that never caught up does not answer first")
+	p.startServer()
+	require.Eventually(t, func() bool { return active(p.serverNS) }, 20*time.Second, 100*time.Millisecond, "the bootstrap replica takes the Lease")
+	require.Eventually(t, func() bool { return countIn(p.log1, "caught up with the active") > 0 }, 20*time.Second, 100*time.Millisecond)
+	assert.False(t, active(p.second.ns))
 }
 
 // TestPairKillSeriesUnderLoad kills the active (-9) again and again

@@ -151,7 +151,10 @@ func Config(server *hyperdhcpv1beta1.Server, r Replica) *config.Config {
 			// HYPERDHCPD_HA_LISTEN narrows this to the pod IP (Deployment).
 			Listen: fmt.Sprintf(":%d", ReplicationPort),
 			Peer:   fmt.Sprintf("https://%s.%s.svc:%d", ReplicaName(server, peer), server.Namespace, ReplicationPort),
-			CA:     PairDir + "/ca.crt", Cert: PairDir + "/tls.crt", Key: PairDir + "/tls.key",
+			// Replica 0 has the Server's database (from before the pair, or
+			// empty with the Server): only it may answer first.
+			Bootstrap: r.Index == 0,
+			CA:        PairDir + "/ca.crt", Cert: PairDir + "/tls.crt", Key: PairDir + "/tls.key",
 		}
 	}
 	cfg.SetDefaults()

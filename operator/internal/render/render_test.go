@@ -348,6 +348,7 @@ func TestPairRendersTwoReplicas(t *testing.T) {
 		assert.Equal(t, "https://"+ReplicaName(server, peer)+".vms.svc:8068", cfg.HighAvailability.Peer)
 		assert.Equal(t, Name(server), cfg.HighAvailability.Lease)
 		assert.Equal(t, ReplicaName(server, r), cfg.HighAvailability.Replica)
+		assert.Equal(t, i == 0, cfg.HighAvailability.Bootstrap, "only replica 0 may answer first")
 		assert.Contains(t, d.Spec.Template.Annotations[NetworksAnnotation], `"ips":["`+string(r.ServerIP)+`"]`)
 		assert.Equal(t, ReplicaPVCName(server, r), d.Spec.Template.Spec.Volumes[1].PersistentVolumeClaim.ClaimName)
 		assert.Contains(t, d.Spec.Template.Spec.Containers[0].Env, corev1.EnvVar{Name: "HYPERDHCPD_HA_LISTEN", Value: "$(POD_IP):8068"})
