@@ -107,6 +107,9 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 	metrics.Role(false)
 	var heldEpoch atomic.Int64
 	var tookOver atomic.Int64 // Unix nanoseconds of the takeover
+	// recoveringUntil ends the renewals-only time after a takeover from an
+	// active that was alone (Unix nanoseconds).
+	var recoveringUntil atomic.Int64
 	election.OnStartedLeading = func(epoch int64, inSync bool) {
 		if db := current(); db != nil {
 			// The Lease again, after an outage of the API server.
@@ -114,12 +117,14 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 				lost(fmt.Errorf("%w (the other replica held it meanwhile)", errLostLease))
 				return
 			}
-			db.SetRenewalsOnly(false)
+			if time.Now().UnixNano() >= recoveringUntil.Load() {
+				db.SetRenewalsOnly(false)
+			}
 			metrics.Role(true)
-			log.Info("holding the Lease again: answering every client", "epoch", epoch)
+			log.Info("holding the Lease again", "epoch", epoch)
 			return
 		}
-		replica.Activate(epoch)
+		replica.Activate(epoch, inSync)
 		if err := activate(replica); err != nil {
 			lost(fmt.Errorf("activate after taking the Lease: %w", err))
 			return
@@ -131,6 +136,7 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 			// clients' own leases are confirmed, nothing new is granted.
 			if db := current(); db != nil {
 				db.SetRenewalsOnly(true)
+				recoveringUntil.Store(time.Now().Add(leaseTime).UnixNano())
 				log.Warn("took over from an active that was alone: answering renewals only until its leases have ended", "for", leaseTime)
 				time.AfterFunc(leaseTime, func() {
 					if election.Fresh(time.Now()) && election.Epoch() == epoch {

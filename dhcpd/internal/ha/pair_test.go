@@ -90,7 +90,7 @@ func TestPairFailsOverWithoutLosingAnAcknowledgedLease(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
 		require.NoError(t, replica.Listen(ctx, addrs[i], files))
-		election.OnStartedLeading = func(epoch int64, _ bool) { replica.Activate(epoch) }
+		election.OnStartedLeading = func(epoch int64, inSync bool) { replica.Activate(epoch, inSync) }
 		go election.Run(ctx, func() bool {
 			if replica.InSync() {
 				return true

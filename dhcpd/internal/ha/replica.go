@@ -179,8 +179,17 @@ func (r *Replica) Listen(ctx context.Context, addr string, files TLSFiles) error
 }
 
 // Activate makes this replica the active one of epoch: Apply writes only
-// while the Lease is fresh in that epoch.
-func (r *Replica) Activate(epoch int64) { r.activated.Store(epoch) }
+// while the Lease is fresh in that epoch. standbyInSync is what the Lease
+// said of the other replica: if not, the label is set back once it has
+// caught up.
+func (r *Replica) Activate(epoch int64, standbyInSync bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.activated.Store(epoch)
+	if !standbyInSync {
+		r.alone = true
+	}
+}
 
 // newTerm starts the stream of a term; r.mu is held.
 func (r *Replica) newTerm(epoch int64) {
