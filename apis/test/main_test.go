@@ -55,6 +55,9 @@ func run(m *testing.M) int {
 		Set("endpoint-reconciler-type", "none")
 	cfg, err := env.Start()
 	if err != nil {
+		// A start that failed half-way (CRDs refused) leaves etcd and
+		// kube-apiserver running otherwise.
+		_ = env.Stop()
 		fmt.Fprintf(os.Stderr, "start envtest: %v\n", err)
 		return 1
 	}

@@ -23,6 +23,9 @@ func Start(crdDirs ...string) (*envtest.Environment, *rest.Config, error) {
 		Set("endpoint-reconciler-type", "none")
 	cfg, err := env.Start()
 	if err != nil {
+		// A start that failed half-way (CRDs refused) leaves etcd and
+		// kube-apiserver running otherwise.
+		_ = env.Stop()
 		return nil, nil, err
 	}
 	return env, cfg, nil

@@ -104,6 +104,7 @@ func run(m *testing.M) int {
 		Set("advertise-address", "127.0.0.1").
 		Set("endpoint-reconciler-type", "none")
 	if adminCfg, err = env.Start(); err != nil {
+		_ = env.Stop() // a start that failed half-way leaves etcd and kube-apiserver running otherwise
 		return fail(fmt.Errorf("start envtest: %w", err))
 	}
 	defer env.Stop()
