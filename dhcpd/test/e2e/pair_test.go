@@ -104,28 +104,14 @@ func newPairBed(t *testing.T) *pairBed {
 // startSecond runs replica lab-1 and waits until it serves.
 func (p *pairBed) startSecond() {
 	p.t.Helper()
-	logFile, err := os.OpenFile(p.log1, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	require.NoError(p.t, err)
-	defer logFile.Close()
-	cmd := exec.Command("ip", "netns", "exec", p.second.ns, hyperdhcpd, "serve", "--config", p.config1, "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	require.NoError(p.t, cmd.Start())
-	p.process1, p.exited1 = cmd, make(chan error, 1)
-	go func() { p.exited1 <- cmd.Wait() }()
-	require.Eventually(p.t, func() bool { return countIn(p.log1, "serving DHCP") > 0 }, 15*time.Second, 50*time.Millisecond)
+	p.process1, p.exited1 = startServing(p.t, p.log1, "ip", "netns", "exec", p.second.ns, hyperdhcpd, "serve", "--config", p.config1, "--log-level", "debug")
 }
 
 func (p *pairBed) stopSecond(sig syscall.Signal) {
 	if p.process1 == nil {
 		return
 	}
-	_ = p.process1.Process.Signal(sig)
-	select {
-	case <-p.exited1:
-	case <-time.After(10 * time.Second):
-		_ = p.process1.Process.Kill()
-		<-p.exited1
-	}
+	stopServing(p.process1, p.exited1, sig)
 	p.process1 = nil
 }
 

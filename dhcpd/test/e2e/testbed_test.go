@@ -221,19 +221,7 @@ func (b *testBed) startServer() {
 // server namespace (the binary, or its image) and waits until it serves.
 func (b *testBed) startServerCommand(name string, args ...string) {
 	b.t.Helper()
-	logFile, err := os.OpenFile(b.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	require.NoError(b.t, err)
-	defer logFile.Close()
-	offset, _ := logFile.Seek(0, 2)
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	require.NoError(b.t, cmd.Start())
-	b.server, b.exited = cmd, make(chan error, 1)
-	go func() { b.exited <- cmd.Wait() }()
-	require.Eventually(b.t, func() bool {
-		data, _ := os.ReadFile(b.logPath)
-		return int64(len(data)) > offset && strings.Contains(string(data[offset:]), "serving DHCP")
-	}, 15*time.Second, 50*time.Millisecond, "hyperdhcpd did not start serving")
+	b.server, b.exited = startServing(b.t, b.logPath, name, args...)
 }
 
 // stopServer signals hyperdhcpd and waits for it to exit.
@@ -241,14 +229,40 @@ func (b *testBed) stopServer(sig syscall.Signal) {
 	if b.server == nil {
 		return
 	}
-	_ = b.server.Process.Signal(sig)
-	select {
-	case <-b.exited:
-	case <-time.After(10 * time.Second):
-		_ = b.server.Process.Kill()
-		<-b.exited
-	}
+	stopServing(b.server, b.exited, sig)
 	b.server = nil
+}
+
+// startServing runs a command that serves as hyperdhcpd, its output
+// appended to logPath, and waits until this run (not an earlier one in the
+// same log) says it serves. exited receives its end.
+func startServing(t *testing.T, logPath, name string, args ...string) (cmd *exec.Cmd, exited chan error) {
+	t.Helper()
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	require.NoError(t, err)
+	defer logFile.Close()
+	offset, _ := logFile.Seek(0, 2)
+	cmd = exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	require.NoError(t, cmd.Start())
+	exited = make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	require.Eventually(t, func() bool {
+		data, _ := os.ReadFile(logPath)
+		return int64(len(data)) > offset && strings.Contains(string(data[offset:]), "serving DHCP")
+	}, 15*time.Second, 50*time.Millisecond, "hyperdhcpd did not start serving")
+	return cmd, exited
+}
+
+// stopServing signals cmd and waits for it to exit, killing it after 10 s.
+func stopServing(cmd *exec.Cmd, exited chan error, sig syscall.Signal) {
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
 }
 
 // leases reads the lease database as it is on disk.
