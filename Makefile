@@ -99,11 +99,15 @@ fuzz: ## Fuzz hyperdhcpd's packet handling and the lease allocator against its m
 	cd dhcpd && go test -run '^$$' -fuzz '^FuzzAllocatorModel$$' -fuzztime $(FUZZTIME) ./plugins/leasedb
 
 .PHONY: bench
-bench: ## hyperdhcpd beside Kea, dnsmasq and stock CoreDHCP (perfdhcp sweep, chart), a 65,000-lease restart and the Go benchmarks, in one report, then 20 failovers of a hot-standby pair (root; SERVERS=, RATES=, DURATION=).
+PAIR_RATES ?= 500 1000 2000 3000 4000 5000 6000 7000 8000 9000 10000 12000
+bench: ## hyperdhcpd beside Kea, dnsmasq and stock CoreDHCP (perfdhcp sweep, chart), a 65,000-lease restart and the Go benchmarks, in one report, then 20 failovers of a hot-standby pair and its replication cost (a single replica's and the pair's sweep; root; SERVERS=, RATES=, DURATION=, PAIR_RATES=).
 	hack/bench/dhcp.sh
 	mkdir -p $(LOCALBIN)/bench && cd dhcpd/test/e2e && KUBEBUILDER_ASSETS="$$($(CURDIR)/hack/envtest.sh)" HYPERDHCP_HA_KILLS=20 \
 		go test -count=1 -timeout 30m -run '^TestPairKillSeriesUnderLoad$$' -v . > $(LOCALBIN)/bench/failover.txt; \
 		status=$$?; grep -E 'ACKs audited|^(ok|FAIL|---)' $(LOCALBIN)/bench/failover.txt; exit $$status
+	cd dhcpd/test/e2e && KUBEBUILDER_ASSETS="$$($(CURDIR)/hack/envtest.sh)" HYPERDHCP_HA_RATES="$(PAIR_RATES)" HYPERDHCP_HA_SECONDS=10 \
+		go test -count=1 -timeout 30m -run '^TestPairReplicationCost$$' -v . > $(LOCALBIN)/bench/replication.txt; \
+		status=$$?; grep -E 'single|pair|^(ok|FAIL|---)' $(LOCALBIN)/bench/replication.txt; exit $$status
 
 
 .PHONY: test-module

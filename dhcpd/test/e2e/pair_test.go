@@ -49,6 +49,13 @@ type pairBed struct {
 
 func newPairBed(t *testing.T) *pairBed {
 	t.Helper()
+	return newPairBedWith(t, nil)
+}
+
+// newPairBedWith makes a pair bed whose replicas' configuration mutate has
+// changed (each replica keeps its own address and database).
+func newPairBedWith(t *testing.T, mutate func(*config.Config)) *pairBed {
+	t.Helper()
 	_, k8s, kubeconfig, apiHost := startAPIServer(t)
 	b := newTestBed(t, nil)
 	certs, err := testenv.WritePairCerts(b.dir, "pair")
@@ -78,6 +85,9 @@ func newPairBed(t *testing.T) *pairBed {
 		c.Kubernetes = &config.Kubernetes{ServerName: "lab", ServerNamespace: "default", Kubeconfig: kubeconfig}
 		c.HighAvailability = replica("lab-0", "192.168.50.2", standbyIP)
 		c.HighAvailability.Bootstrap = true
+		if mutate != nil {
+			mutate(c)
+		}
 	})
 	second := *b.cfg
 	second.Server = *b.cfg.Server.DeepCopy()
@@ -104,7 +114,7 @@ func newPairBed(t *testing.T) *pairBed {
 // startSecond runs replica lab-1 and waits until it serves.
 func (p *pairBed) startSecond() {
 	p.t.Helper()
-	p.process1, p.exited1 = startServing(p.t, p.log1, "ip", "netns", "exec", p.second.ns, hyperdhcpd, "serve", "--config", p.config1, "--log-level", "debug")
+	p.process1, p.exited1 = startServing(p.t, p.log1, "ip", "netns", "exec", p.second.ns, hyperdhcpd, "serve", "--config", p.config1, "--log-level", p.logLevel)
 }
 
 func (p *pairBed) stopSecond(sig syscall.Signal) {

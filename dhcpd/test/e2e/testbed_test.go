@@ -143,13 +143,16 @@ type testBed struct {
 	exited   chan error
 	logPath  string
 	clients  int
+	// logLevel is hyperdhcpd's (debug unless a test measures speed: debug
+	// logs every packet).
+	logLevel string
 }
 
 // newTestBed creates the server namespace and writes the configuration;
 // mutate may change it before it is written.
 func newTestBed(t *testing.T, mutate func(*config.Config)) *testBed {
 	t.Helper()
-	b := &testBed{t: t, id: fmt.Sprintf("hd%d%d", os.Getpid()%1000, nsCounter.Add(1)), dir: t.TempDir()}
+	b := &testBed{t: t, id: fmt.Sprintf("hd%d%d", os.Getpid()%1000, nsCounter.Add(1)), dir: t.TempDir(), logLevel: "debug"}
 	b.serverNS = b.id + "s"
 	b.database = filepath.Join(b.dir, "leases.db")
 	b.logPath = filepath.Join(b.dir, "hyperdhcpd.log")
@@ -214,7 +217,7 @@ func quietNamespace(t *testing.T, ns string) {
 // startServer runs hyperdhcpd and waits until it serves.
 func (b *testBed) startServer() {
 	b.t.Helper()
-	b.startServerCommand("ip", "netns", "exec", b.serverNS, hyperdhcpd, "serve", "--config", b.config, "--log-level", "debug")
+	b.startServerCommand("ip", "netns", "exec", b.serverNS, hyperdhcpd, "serve", "--config", b.config, "--log-level", b.logLevel)
 }
 
 // startServerCommand runs a command that serves as hyperdhcpd in the
