@@ -32,6 +32,9 @@ const (
 	DefaultStatusInterval   = 10 * time.Second
 	DefaultSyncTimeout      = 30 * time.Second
 	DefaultVMDeletionGrace  = 5 * time.Minute
+	// DefaultMaxClientLeadTime caps the leases a replica of a pair grants
+	// without its standby (the failover draft's MCLT).
+	DefaultMaxClientLeadTime = 2 * time.Minute
 )
 
 // Config is the content of hyperdhcpd's configuration file.
@@ -86,6 +89,10 @@ type HighAvailability struct {
 	// catching up first: the replica that has the Server's database when
 	// the pair is made. The other must never answer first.
 	Bootstrap bool `json:"bootstrap,omitempty"`
+	// MaxClientLeadTime caps the leases the active grants while its standby
+	// does not have them, and so bounds how long a replica that takes over
+	// from such an active answers renewals only.
+	MaxClientLeadTime *metav1.Duration `json:"maxClientLeadTime,omitempty"`
 	// CA, Cert and Key are PEM files: the pair's CA and the certificate
 	// both replicas present; a peer without one of the CA's is refused.
 	CA   string `json:"ca"`
@@ -174,6 +181,9 @@ func (c *Config) SetDefaults() {
 	if c.Kubernetes != nil && c.Kubernetes.VMDeletionGrace == nil {
 		c.Kubernetes.VMDeletionGrace = &metav1.Duration{Duration: DefaultVMDeletionGrace}
 	}
+	if c.HighAvailability != nil && c.HighAvailability.MaxClientLeadTime == nil {
+		c.HighAvailability.MaxClientLeadTime = &metav1.Duration{Duration: DefaultMaxClientLeadTime}
+	}
 }
 
 // Validate returns every problem, each naming its field.
@@ -218,6 +228,9 @@ func (c *Config) Validate() error {
 			if f.value == "" {
 				errs = append(errs, field.Required(path.Child(f.name), "needed for high availability"))
 			}
+		}
+		if t := ha.MaxClientLeadTime; t != nil && t.Duration < time.Second {
+			errs = append(errs, field.Invalid(path.Child("maxClientLeadTime"), t.String(), "must be at least 1s"))
 		}
 	}
 	if len(errs) > 0 {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -86,7 +87,7 @@ func holderNow(ctx context.Context, election *ha.Election) (string, error) {
 func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, activate func(leasedb.Store) error,
 	current func() *leasedb.LeaseDB, lost context.CancelCauseFunc, metrics *server.Metrics, log *slog.Logger) (func() *hyperdhcpv1beta1.HighAvailabilityStatus, error) {
 	pair, k := cfg.HighAvailability, cfg.Kubernetes
-	leaseTime := cfg.Server.LeaseTime.Duration
+	mclt := pair.MaxClientLeadTime.Duration
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("high availability: %w", err)
@@ -103,6 +104,29 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 	}
 	if err := replica.Listen(ctx, pair.Listen, files); err != nil {
 		return nil, err
+	}
+	// While the standby does not get the batches, leases are granted for
+	// the MCLT at most: a replica that takes over without them waits that
+	// long, not a lease time, before it grants anything new.
+	var capping sync.Mutex
+	capLeases := func() {
+		capping.Lock()
+		defer capping.Unlock()
+		db := current()
+		if db == nil {
+			return
+		}
+		if replica.Replicating() {
+			db.SetLeaseTimeCap(0)
+			return
+		}
+		db.SetLeaseTimeCap(mclt)
+	}
+	replica.OnReplicating = func(on bool) {
+		capLeases()
+		if current() != nil && !on {
+			log.Warn("leases are granted for the MCLT at most while the standby does not have them", "mclt", mclt)
+		}
 	}
 	metrics.Role(false)
 	var heldEpoch atomic.Int64
@@ -130,15 +154,17 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 			return
 		}
 		heldEpoch.Store(epoch)
+		capLeases()
 		if !inSync {
 			// The former active went on alone: this database may lack
-			// leases it granted. Until they have ended (a lease time), only
-			// clients' own leases are confirmed, nothing new is granted.
+			// leases it granted, for the MCLT at most. Until they have
+			// ended, only clients' own leases are confirmed, nothing new is
+			// granted.
 			if db := current(); db != nil {
 				db.SetRenewalsOnly(true)
-				recoveringUntil.Store(time.Now().Add(leaseTime).UnixNano())
-				log.Warn("took over from an active that was alone: answering renewals only until its leases have ended", "for", leaseTime)
-				time.AfterFunc(leaseTime, func() {
+				recoveringUntil.Store(time.Now().Add(mclt).UnixNano())
+				log.Warn("took over from an active that was alone: answering renewals only until the leases it granted alone have ended", "for", mclt)
+				time.AfterFunc(mclt, func() {
 					if election.Fresh(time.Now()) && election.Epoch() == epoch {
 						db.SetRenewalsOnly(false)
 						log.Info("every lease granted alone has ended: answering every client")

@@ -111,6 +111,7 @@ func TestPairFailsOverWithoutLosingAnAcknowledgedLease(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, a.Apply(ctx, []leasedb.Change{lease("192.168.50.100", 1), lease("192.168.50.101", 2)}))
 	require.NoError(t, a.Apply(ctx, []leasedb.Change{lease("192.168.50.102", 3)}))
+	assert.True(t, a.Replicating())
 	assert.Equal(t, stored(t, a.store), stored(t, b.store), "an applied batch is in both databases")
 	assert.Len(t, stored(t, b.store), 3)
 
@@ -135,8 +136,10 @@ func TestPairFailsOverWithoutLosingAnAcknowledgedLease(t *testing.T) {
 	assert.NotContains(t, stored(t, b.store), "192.168.50.104")
 
 	// Alone (the other replica is gone), the new active marks the Lease
-	// before its first write, and writes.
-	require.NoError(t, b.Apply(ctx, []leasedb.Change{lease("192.168.50.105", 6)}))
+	// before its first write, and writes, saying it wrote without the
+	// standby.
+	assert.False(t, b.Replicating())
+	assert.ErrorIs(t, b.Apply(ctx, []leasedb.Change{lease("192.168.50.105", 6)}), leasedb.ErrUnreplicated)
 	assert.Contains(t, stored(t, b.store), "192.168.50.105")
 	leases, err := coordinationv1client.NewForConfig(cfg)
 	require.NoError(t, err)

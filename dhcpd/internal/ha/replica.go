@@ -92,6 +92,13 @@ type Replica struct {
 	synced bool
 	// alone: as the active, the Lease says the standby is not in sync.
 	alone bool
+	// replicating mirrors synced on the active, for OnReplicating's readers.
+	replicating atomic.Bool
+
+	// OnReplicating, when set, is told (with the stream's lock held) each
+	// time the active's batches start or stop reaching the standby. The
+	// daemon caps lease times while they do not.
+	OnReplicating func(replicating bool)
 
 	// replicated counts batches the standby confirmed, for the lag metric.
 	lastConfirmed atomic.Int64
@@ -193,8 +200,22 @@ func (r *Replica) Activate(epoch int64, standbyInSync bool) {
 
 // newTerm starts the stream of a term; r.mu is held.
 func (r *Replica) newTerm(epoch int64) {
-	r.epoch, r.stream, r.seq, r.synced = epoch, rand.Uint64(), 0, false
+	r.epoch, r.stream, r.seq = epoch, rand.Uint64(), 0
+	r.setReplicating(false)
 }
+
+// setReplicating records whether the active's batches reach the standby;
+// r.mu is held.
+func (r *Replica) setReplicating(on bool) {
+	r.synced = on
+	if r.replicating.Swap(on) != on && r.OnReplicating != nil {
+		r.OnReplicating(on)
+	}
+}
+
+// Replicating tells whether, as the active, this replica's batches reach
+// the standby.
+func (r *Replica) Replicating() bool { return r.replicating.Load() }
 
 // Load implements leasedb.Store.
 func (r *Replica) Load(ctx context.Context) ([]leasedb.Lease, error) { return r.local.Load(ctx) }
@@ -205,8 +226,8 @@ func (r *Replica) Close() error { return nil }
 
 // Apply implements leasedb.Store for the active: the batch is written to
 // the local database and sent to the standby at once, and Apply succeeds
-// only when both have it, or the local database alone while the Lease says
-// the standby is not in sync. It fails while this replica's Lease is not
+// only when both have it. Written only here (the standby away, the Lease
+// saying so first), it returns leasedb.ErrUnreplicated. It fails while this replica's Lease is not
 // fresh, before and after the write, so no ACK leaves a former active.
 func (r *Replica) Apply(ctx context.Context, changes []leasedb.Change) error {
 	r.mu.Lock()
@@ -239,7 +260,7 @@ func (r *Replica) Apply(ctx context.Context, changes []leasedb.Change) error {
 	case errors.Is(peerErr, ErrFenced):
 		return peerErr
 	default:
-		r.synced = false
+		r.setReplicating(false)
 		r.log.Warn("the standby did not take a batch: going on alone", "error", peerErr)
 	}
 	if !r.synced && !r.alone {
@@ -250,6 +271,10 @@ func (r *Replica) Apply(ctx context.Context, changes []leasedb.Change) error {
 	}
 	if !r.election.Fresh(time.Now()) || r.election.Epoch() != r.activated.Load() {
 		return ErrNotActive
+	}
+	if !r.synced {
+		// Only ACKs decided under the lease time cap may go out.
+		return fmt.Errorf("the standby does not have this batch: %w", leasedb.ErrUnreplicated)
 	}
 	return nil
 }
@@ -295,33 +320,52 @@ func (r *Replica) Heartbeat(ctx context.Context) {
 			return
 		case <-ticker.C:
 		}
-		r.mu.Lock()
-		fresh := r.election.Fresh(time.Now()) && r.election.Epoch() == r.activated.Load()
-		if fresh && (r.epoch != r.election.Epoch() || r.stream == 0) {
-			// The first heartbeat of a term starts its stream, so the
-			// standby catches up before the first batch.
-			r.newTerm(r.election.Epoch())
+		r.heartbeat(ctx)
+	}
+}
+
+func (r *Replica) heartbeat(ctx context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.election.Fresh(time.Now()) || r.election.Epoch() != r.activated.Load() {
+		return
+	}
+	if r.epoch != r.election.Epoch() || r.stream == 0 {
+		// The first heartbeat of a term starts its stream, so the
+		// standby catches up before the first batch.
+		r.newTerm(r.election.Epoch())
+	}
+	b := batch{Epoch: r.epoch, Stream: r.stream, Seq: r.seq}
+	if r.synced {
+		// In the stream, ordered with the batches.
+		if err := r.send(ctx, b); err != nil {
+			r.setReplicating(false)
+			r.log.Warn("the standby does not answer heartbeats", "error", err)
+			return
 		}
-		if fresh {
-			err := r.send(ctx, batch{Epoch: r.epoch, Stream: r.stream, Seq: r.seq})
-			switch {
-			case err == nil:
-				r.lastConfirmed.Store(time.Now().UnixNano())
-				if !r.synced {
-					r.synced = true
-					r.log.Info("the standby is in sync again", "epoch", r.epoch, "seq", r.seq)
-				}
-				if r.alone {
-					if err := r.election.SetInSync(ctx, true); err == nil {
-						r.alone = false
-					}
-				}
-			case r.synced:
-				r.synced = false
-				r.log.Warn("the standby does not answer heartbeats", "error", err)
-			}
-		}
+		r.lastConfirmed.Store(time.Now().UnixNano())
+	} else {
+		// The standby is away or behind: a probe, sent without holding up
+		// the batches written alone meanwhile (its timeout each time).
 		r.mu.Unlock()
+		err := r.send(ctx, b)
+		r.mu.Lock()
+		if err != nil || r.synced {
+			return // still away, or a snapshot served meanwhile put it back
+		}
+		if r.epoch != b.Epoch || r.stream != b.Stream || r.seq != b.Seq {
+			return // the stream moved on: the next heartbeat shows the gap
+		}
+		r.lastConfirmed.Store(time.Now().UnixNano())
+		r.setReplicating(true)
+		r.log.Info("the standby is in sync again", "epoch", r.epoch, "seq", r.seq)
+	}
+	if r.alone {
+		// Under the lock: a batch that finds the standby gone meanwhile
+		// must see alone still set, and label the Lease false after this.
+		if err := r.election.SetInSync(ctx, true); err == nil {
+			r.alone = false
+		}
 	}
 }
 
@@ -389,7 +433,7 @@ func (r *Replica) serveSnapshot(w http.ResponseWriter, req *http.Request) {
 	leases, err := r.local.Load(req.Context())
 	s := snapshot{Epoch: r.epoch, Stream: r.stream, Seq: r.seq, Leases: leases}
 	if err == nil && !r.synced {
-		r.synced = true
+		r.setReplicating(true)
 		r.log.Info("the standby is in sync again: it has the snapshot", "epoch", r.epoch, "seq", r.seq)
 	}
 	r.mu.Unlock()

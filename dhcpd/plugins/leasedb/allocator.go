@@ -60,6 +60,18 @@ type allocation struct {
 	entry   *entry
 	version uint64
 	before  *Lease // the entry as it was, when the client held it already
+	// leaseTime is the lease granted; capped tells it was decided under a
+	// lease time cap.
+	leaseTime time.Duration
+	capped    bool
+}
+
+// grantTime is the length of a lease granted now.
+func (a *allocator) grantTime() time.Duration {
+	if a.leaseCap > 0 {
+		return min(a.leaseTime, a.leaseCap)
+	}
+	return a.leaseTime
 }
 
 // allocator is the lease state machine: which address a client gets, when a
@@ -75,6 +87,8 @@ type allocation struct {
 type allocator struct {
 	server    netip.Prefix
 	leaseTime time.Duration
+	// leaseCap, when set, shortens the leases granted (LeaseDB.SetLeaseTimeCap).
+	leaseCap  time.Duration
 	offerHold time.Duration
 	probation time.Duration
 
@@ -457,9 +471,10 @@ func (a *allocator) request(c client, target netip.Addr, kind requestKind, now t
 		saved := holder.Lease
 		before = &saved
 	}
-	e := a.place(c, target, hostname, StateBound, now.Add(a.leaseTime))
+	grant := a.grantTime()
+	e := a.place(c, target, hostname, StateBound, now.Add(grant))
 	a.record(Change{Lease: e.Lease})
-	return allocation{verdict: ack, entry: e, version: e.version, before: before}
+	return allocation{verdict: ack, entry: e, version: e.version, before: before, leaseTime: grant, capped: a.leaseCap > 0}
 }
 
 // confirm answers a REQUEST without changing anything: the client's own
@@ -568,7 +583,7 @@ func (a *allocator) reconfigured(opts *Options) (*allocator, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.vmByMAC, b.version, b.log = a.vmByMAC, a.version, a.log
+	b.vmByMAC, b.version, b.log, b.leaseCap = a.vmByMAC, a.version, a.log, a.leaseCap
 	// Sized and heaped once: growing the maps and sifting each entry up
 	// the queues doubles the time packets wait (a /16 in 135 ms → 60 ms).
 	b.byIP, b.byClient = make(map[netip.Addr]*entry, len(a.byIP)), make(map[string]*entry, len(a.byClient))

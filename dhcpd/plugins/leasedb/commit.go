@@ -52,8 +52,13 @@ type committer struct {
 	pending  []Change
 	appended uint64 // ticket of the newest change
 	durable  uint64 // every change up to this ticket is in the store
-	waiters  []waiter
-	closed   bool
+	// unreplicatedUpTo is the newest ticket written without the replica
+	// (ErrUnreplicated); waiters for it or anything older are told so,
+	// however late they come (some of those were replicated: they learn it
+	// too, which only costs a client a retry).
+	unreplicatedUpTo uint64
+	waiters          []waiter
+	closed           bool
 	// writing is set while one goroutine writes a batch; there is never
 	// more than one.
 	writing bool
@@ -121,7 +126,11 @@ func (c *committer) signal() {
 func (c *committer) wait(ctx context.Context, ticket uint64) error {
 	c.mu.Lock()
 	if c.durable >= ticket {
+		unreplicated := ticket <= c.unreplicatedUpTo
 		c.mu.Unlock()
+		if unreplicated {
+			return ErrUnreplicated
+		}
 		return nil
 	}
 	if c.closed {
@@ -207,16 +216,25 @@ func (c *committer) write() error {
 	var err error
 	if len(changes) > 0 {
 		err = c.store.Apply(context.Background(), changes)
-		c.observe(len(changes), time.Since(c.applying), err)
-		if err == nil {
+	}
+	// A batch written without the replica is written: the waiters learn
+	// that it is only here.
+	unreplicated := errors.Is(err, ErrUnreplicated)
+	health := err // of the local storage
+	if unreplicated {
+		health = nil
+	}
+	if len(changes) > 0 {
+		c.observe(len(changes), time.Since(c.applying), health)
+		if health == nil {
 			c.boundWAL()
 		}
 	}
 	// During a fault a successful batch proves little (deleting a row
 	// that was never stored writes nothing): the storage is healthy
 	// again only when a write that always reaches the disk succeeds.
-	health := err
-	if health == nil && c.faulty() {
+	written := health == nil
+	if written && c.faulty() {
 		if p, ok := c.store.(prober); ok {
 			health = p.Probe(context.Background())
 		}
@@ -225,8 +243,11 @@ func (c *committer) write() error {
 	c.mu.Lock()
 	started := c.applying
 	c.applying = time.Time{}
-	if err == nil {
+	if written {
 		c.durable = upTo
+		if unreplicated {
+			c.unreplicatedUpTo = upTo
+		}
 	} else {
 		c.pending = append(changes, c.pending...)
 	}

@@ -135,7 +135,7 @@ func (d *Deferred) Durable(ctx context.Context, reqs []*dhcpv4.DHCPv4, sendable 
 		switch {
 		case !has[i]:
 			sendable[i] = true
-		case err != nil:
+		case !acks[i].sendable(err):
 			d.db.ackFailed(acks[i])
 			sendable[i] = false
 		default:

@@ -2,6 +2,7 @@ package leasedb
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -71,4 +72,72 @@ func TestDeferredACKsAreSentOnlyWhenDurable(t *testing.T) {
 	nak := selectingRequest(t, mac(10), offer.YourIPAddr)
 	d.Durable(context.Background(), []*dhcpv4.DHCPv4{nak}, sendable)
 	assert.True(t, sendable[0])
+}
+
+// TestACKsWrittenWithoutTheReplica: while batches are written without the
+// replica (a pair's active without its standby), an ACK decided without a
+// lease time cap is taken back, also when its waiter comes after the write;
+// ACKs decided under the cap go out, with the capped lease time, which the
+// OFFER announced too.
+func TestACKsWrittenWithoutTheReplica(t *testing.T) {
+	h, store := newFaultyHarness(t, nil)
+	d := h.db.Deferred(false)
+	answer := func(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+		resp, err := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
+		require.NoError(t, err)
+		out, _ := d.Handler4(req, resp)
+		require.NotNil(t, out)
+		return out
+	}
+	sendable := func(reqs ...*dhcpv4.DHCPv4) []bool {
+		out := make([]bool, len(reqs))
+		d.Durable(context.Background(), reqs, out)
+		return out
+	}
+	state := func(ip net.IP) State {
+		h.db.mu.Lock()
+		defer h.db.mu.Unlock()
+		return h.db.alloc.byIP[addr(ip)].State
+	}
+
+	store.unreplicated.Store(true)
+	offer := h.discover(mac(1))
+	require.NotNil(t, offer)
+	assert.Equal(t, DefaultLeaseTime, offer.IPAddressLeaseTime(0))
+	uncapped := selectingRequest(t, mac(1), offer.YourIPAddr)
+	answer(uncapped)
+	assert.Equal(t, []bool{false}, sendable(uncapped), "a full-length lease the replica does not have")
+	assert.Equal(t, StateOffered, state(offer.YourIPAddr), "taken back")
+
+	// A waiter that comes after its batch was written learns it too.
+	late := selectingRequest(t, mac(1), offer.YourIPAddr)
+	answer(late)
+	other := h.discover(mac(2))
+	require.NotNil(t, other)
+	h.db.SetLeaseTimeCap(2 * time.Minute)
+	early := selectingRequest(t, mac(2), other.YourIPAddr)
+	ack := answer(early)
+	assert.Equal(t, 2*time.Minute, ack.IPAddressLeaseTime(0))
+	assert.Equal(t, time.Minute, ack.IPAddressRenewalTime(0))
+	assert.Equal(t, []bool{true}, sendable(early), "capped: may go without the replica")
+	assert.Equal(t, []bool{false}, sendable(late), "decided without the cap, written (with the batch before) without the replica")
+	row, ok := store.row(addr(other.YourIPAddr))
+	require.True(t, ok)
+	assert.Equal(t, h.clock.Now().Add(2*time.Minute), row.Expires, "the database holds the capped lease")
+
+	// Under the cap: the OFFER and the ACK of the client taken back.
+	offer = h.discover(mac(1))
+	require.NotNil(t, offer)
+	assert.Equal(t, 2*time.Minute, offer.IPAddressLeaseTime(0))
+	again := selectingRequest(t, mac(1), offer.YourIPAddr)
+	assert.Equal(t, 2*time.Minute, answer(again).IPAddressLeaseTime(0))
+	assert.Equal(t, []bool{true}, sendable(again))
+	assert.Equal(t, StateBound, state(offer.YourIPAddr))
+
+	// The replica back, the cap lifted: full-length leases again.
+	store.unreplicated.Store(false)
+	h.db.SetLeaseTimeCap(0)
+	renewal := selectingRequest(t, mac(1), offer.YourIPAddr)
+	assert.Equal(t, DefaultLeaseTime, answer(renewal).IPAddressLeaseTime(0))
+	assert.Equal(t, []bool{true}, sendable(renewal))
 }

@@ -265,7 +265,6 @@ func New(ctx context.Context, opts Options) (*LeaseDB, error) {
 type policy struct {
 	// renewalsOnly: see SetRenewalsOnly.
 	renewalsOnly  bool
-	leaseTime     time.Duration
 	identifyByMAC bool
 	resolver      Resolver
 	onlyKnown     bool
@@ -275,7 +274,6 @@ type policy struct {
 
 func policyOf(opts *Options, alloc *allocator) *policy {
 	return &policy{
-		leaseTime:     alloc.leaseTime,
 		identifyByMAC: opts.IdentifyByMAC,
 		resolver:      opts.Resolver,
 		onlyKnown:     opts.OnlyKnown,
@@ -297,6 +295,17 @@ func (db *LeaseDB) SetRenewalsOnly(on bool) {
 	p := *db.policy.Load()
 	p.renewalsOnly = on
 	db.policy.Store(&p)
+}
+
+// SetLeaseTimeCap caps the leases granted from now on at d (0: no cap). A
+// replica of a pair that goes on without its standby caps them at the
+// maximum client lead time, so a lease the standby never saw ends soon
+// after a takeover. An ACK decided without the cap whose lease then gets
+// written without the replica is taken back (ErrUnreplicated).
+func (db *LeaseDB) SetLeaseTimeCap(d time.Duration) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	db.alloc.leaseCap = d
 }
 
 // Reconfigure applies edited options while the plugin serves: pools,
@@ -628,9 +637,10 @@ func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4, defer_ deferral) (*dhcpv4.
 	var offered Lease
 	var reason string
 	var now time.Time
+	var leaseTime time.Duration
 	pinUnusable, own := false, false
 	db.locked(func(t time.Time) {
-		now = t
+		now, leaseTime = t, db.alloc.grantTime()
 		pinUnusable = c.pin.IsValid() && !db.alloc.pinUsable(c)
 		var previous netip.Addr
 		if e := db.alloc.byClient[c.id]; e != nil {
@@ -660,7 +670,7 @@ func (db *LeaseDB) discover(req, resp *dhcpv4.DHCPv4, defer_ deferral) (*dhcpv4.
 		}
 		return nil, true
 	}
-	db.fillLease(resp, offered.IP, offered.Hostname)
+	db.fillLeaseFor(resp, offered.IP, offered.Hostname, leaseTime)
 	if defer_ != nil && !own {
 		defer_.offer(req, pendingOffer{client: c, ip: offered.IP})
 	}
@@ -731,13 +741,13 @@ func (db *LeaseDB) request(req, resp *dhcpv4.DHCPv4, defer_ deferral) (*dhcpv4.D
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 		defer cancel()
-		if err := db.committer.wait(ctx, ticket); err != nil {
+		if err := db.committer.wait(ctx, ticket); !pending.sendable(err) {
 			db.ackFailed(pending)
 			return nil, true
 		}
 		db.ackDurable(pending)
 	}
-	db.fillLease(resp, lease.IP, lease.Hostname)
+	db.fillLeaseFor(resp, lease.IP, lease.Hostname, al.leaseTime)
 	return resp, false
 }
 
@@ -748,6 +758,13 @@ type pendingAck struct {
 	allocation allocation
 	lease      Lease
 	ticket     uint64
+}
+
+// sendable tells whether the ACK may go out once the commit it waited for
+// ended with err: written, and replicated unless its lease time was capped
+// (see ErrUnreplicated).
+func (ack pendingAck) sendable(err error) bool {
+	return err == nil || errors.Is(err, ErrUnreplicated) && ack.allocation.capped
 }
 
 // ackFailed takes back an ACK whose lease could not be written: without a
@@ -860,12 +877,8 @@ func (db *LeaseDB) nak(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4, bool)
 	return nak, true
 }
 
-// fillLease sets the address, lease time and renewal times of an OFFER or ACK.
-func (db *LeaseDB) fillLease(resp *dhcpv4.DHCPv4, a netip.Addr, hostname string) {
-	db.fillLeaseFor(resp, a, hostname, db.policy.Load().leaseTime)
-}
-
-// fillLeaseFor is fillLease with the lease time given.
+// fillLeaseFor sets the address, lease time and renewal times of an OFFER
+// or ACK.
 func (db *LeaseDB) fillLeaseFor(resp *dhcpv4.DHCPv4, a netip.Addr, hostname string, leaseTime time.Duration) {
 	leaseTime = max(leaseTime, time.Second)
 	resp.YourIPAddr = net.IP(a.AsSlice())

@@ -3,6 +3,7 @@ package leasedb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -22,10 +23,13 @@ type faultyStore struct {
 	Store
 	fail      atomic.Bool
 	probeFail atomic.Bool // only the Probe fails
-	delay     func() time.Duration
-	mu        sync.Mutex
-	durable   map[netip.Addr]Lease // rows as the store has them after each successful Apply
-	commits   atomic.Int64         // successful Applies
+	// unreplicated: each batch is written, and said to be written without
+	// the replica (ErrUnreplicated).
+	unreplicated atomic.Bool
+	delay        func() time.Duration
+	mu           sync.Mutex
+	durable      map[netip.Addr]Lease // rows as the store has them after each successful Apply
+	commits      atomic.Int64         // successful Applies
 }
 
 func (s *faultyStore) Apply(ctx context.Context, changes []Change) error {
@@ -48,6 +52,9 @@ func (s *faultyStore) Apply(ctx context.Context, changes []Change) error {
 		}
 	}
 	s.commits.Add(1)
+	if s.unreplicated.Load() {
+		return fmt.Errorf("the standby is away: %w", ErrUnreplicated)
+	}
 	return nil
 }
 

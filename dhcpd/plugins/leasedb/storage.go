@@ -20,10 +20,19 @@ import (
 type Store interface {
 	// Load returns every stored lease.
 	Load(ctx context.Context) ([]Lease, error)
-	// Apply writes a batch of changes in one durable transaction.
+	// Apply writes a batch of changes in one durable transaction. A store
+	// that keeps a copy elsewhere returns an error wrapping ErrUnreplicated
+	// when the batch is durable here but not there.
 	Apply(ctx context.Context, changes []Change) error
 	Close() error
 }
+
+// ErrUnreplicated says a batch is durable in the local database but not in
+// its replica (the standby of a pair is away). The batch counts as written;
+// of the ACKs waiting for it only those decided under a lease time cap
+// (SetLeaseTimeCap) may go out: a full-length lease the replica does not
+// know could outlive a takeover by the replica.
+var ErrUnreplicated = errors.New("written without the replica")
 
 // Change is one write to the store: an upsert of a lease row, or its removal.
 type Change struct {

@@ -96,6 +96,7 @@ func newPairBedWith(t *testing.T, mutate func(*config.Config)) *pairBed {
 	p.database1 = filepath.Join(p.second.dir, "leases.db")
 	second.LeaseDatabase = p.database1
 	second.HighAvailability = replica("lab-1", standbyIP, "192.168.50.2")
+	second.HighAvailability.MaxClientLeadTime = b.cfg.HighAvailability.MaxClientLeadTime
 	data, err := second.Marshal()
 	require.NoError(t, err)
 	p.config1 = filepath.Join(p.second.dir, "hyperdhcpd.yaml")
@@ -141,13 +142,20 @@ func active(ns string) bool {
 // the server that granted it.
 func (p *pairBed) obtainFrom(mac string, extra ...string) (ip, server string) {
 	p.t.Helper()
+	lease := p.obtainLease(mac, extra...)
+	return lease["ip"], lease["serverid"]
+}
+
+// obtainLease is obtainFrom returning what udhcpc says of the lease (ip,
+// serverid, lease in seconds, ...).
+func (p *pairBed) obtainLease(mac string, extra ...string) map[string]string {
+	p.t.Helper()
 	c := p.addClient(mac)
 	args := append([]string{"busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", c.hook(false), "-t", "30", "-T", "1"}, extra...)
 	out := c.run(40*time.Second, args...)
 	events := c.events()
 	require.NotEmpty(p.t, events, "%s", out)
-	last := events[len(events)-1]
-	return last.env["ip"], last.env["serverid"]
+	return events[len(events)-1].env
 }
 
 // storedBound is what a replica's database holds bound, by address.
@@ -400,6 +408,28 @@ func TestReplicationCutLeavesTheActiveServingAlone(t *testing.T) {
 	p := newPairBed(t)
 	p.up()
 	require.Eventually(t, func() bool { return p.inSyncLabel() != "false" }, 5*time.Second, 100*time.Millisecond)
+	restore := p.cutReplication()
+
+	lease := p.obtainLease("02:00:5e:72:00:01")
+	ip, server := lease["ip"], lease["serverid"]
+	assert.Equal(t, "192.168.50.2", server, "the active answers alone")
+	assert.Equal(t, strconv.Itoa(int(config.DefaultMaxClientLeadTime.Seconds())), lease["lease"], "for the MCLT at most")
+	assert.Equal(t, "false", p.inSyncLabel(), "after marking the Lease")
+	assert.Positive(t, countIn(p.logPath, "going on alone"))
+	time.Sleep(ha.LeaseDuration + 2*ha.RetryPeriod)
+	assert.False(t, active(p.second.ns), "the standby does not take a Lease the active renews")
+	assert.NotContains(t, storedBound(t, p.database1), ip)
+
+	restore()
+	require.Eventually(t, func() bool { return p.inSyncLabel() == "true" }, 15*time.Second, 100*time.Millisecond, "in sync again")
+	assert.Equal(t, "02:00:5e:72:00:01", storedBound(t, p.database1)[ip], "the standby caught up with the lease granted alone")
+}
+
+// cutReplication drops the replication traffic between the replicas (both
+// ways, in both namespaces) until the returned function puts it back.
+func (p *pairBed) cutReplication() (restore func()) {
+	t := p.t
+	t.Helper()
 	cut := func(ns, peer string) func() {
 		nft := func(args ...string) { sh(t, "ip", append([]string{"netns", "exec", ns, "nft"}, args...)...) }
 		nft("add", "table", "inet", "replication")
@@ -409,19 +439,46 @@ func TestReplicationCutLeavesTheActiveServingAlone(t *testing.T) {
 		return func() { sh(t, "ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "replication") }
 	}
 	restore0, restore1 := cut(p.serverNS, standbyIP), cut(p.second.ns, "192.168.50.2")
+	return func() { restore0(); restore1() }
+}
 
-	ip, server := p.obtainFrom("02:00:5e:72:00:01")
-	assert.Equal(t, "192.168.50.2", server, "the active answers alone")
-	assert.Equal(t, "false", p.inSyncLabel(), "after marking the Lease")
-	assert.Positive(t, countIn(p.logPath, "going on alone"))
-	time.Sleep(ha.LeaseDuration + 2*ha.RetryPeriod)
-	assert.False(t, active(p.second.ns), "the standby does not take a Lease the active renews")
-	assert.NotContains(t, storedBound(t, p.database1), ip)
+// TestTakeoverFromALoneActiveWaitsOutTheMCLT: the active, cut from its
+// standby, grants a lease alone (for the MCLT, 10 s here) and is killed;
+// the standby takes the Lease, which says it was not in sync, so it grants
+// nothing new until every lease granted alone has ended (the MCLT after the
+// takeover); then it serves new clients, and no address went to two.
+func TestTakeoverFromALoneActiveWaitsOutTheMCLT(t *testing.T) {
+	const mclt = 10 * time.Second
+	p := newPairBedWith(t, func(c *config.Config) {
+		c.HighAvailability.MaxClientLeadTime = &metav1.Duration{Duration: mclt}
+	})
+	p.up()
+	capture := p.captureDHCP()
+	p.cutReplication()
+	alone := p.obtainLease("02:00:5e:77:00:01")
+	assert.Equal(t, "192.168.50.2", alone["serverid"])
+	assert.Equal(t, "10", alone["lease"], "granted alone: for the MCLT")
+	require.Equal(t, "false", p.inSyncLabel())
 
-	restore0()
-	restore1()
-	require.Eventually(t, func() bool { return p.inSyncLabel() == "true" }, 15*time.Second, 100*time.Millisecond, "in sync again")
-	assert.Equal(t, "02:00:5e:72:00:01", storedBound(t, p.database1)[ip], "the standby caught up with the lease granted alone")
+	killed := time.Now()
+	require.NoError(t, p.server.Process.Kill())
+	<-p.exited
+	p.server = nil
+	_, server := p.obtainFrom("02:00:5e:77:00:02")
+	served := time.Since(killed)
+	assert.Equal(t, standbyIP, server)
+	assert.Positive(t, countIn(p.log1, "took over from an active that was alone"))
+	assert.Greater(t, served, mclt+ha.LeaseDuration-time.Second, "nothing new before the MCLT after the takeover")
+	t.Logf("after a takeover from a lone active, a new client was served %s after the kill", served.Round(time.Millisecond))
+
+	time.Sleep(500 * time.Millisecond) // the capture's last lines
+	owner := map[string]string{}
+	for _, a := range capture.acks() {
+		if prev, ok := owner[a.ip]; ok && prev != a.mac {
+			t.Errorf("%s was ACKed to %s and to %s", a.ip, prev, a.mac)
+		}
+		owner[a.ip] = a.mac
+	}
 }
 
 // TestActiveCutFromTheAPIHandsOver: the active loses its way to the API
