@@ -183,20 +183,29 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 			store.Close()
 		}
 	}()
-	activate := func(leases leasedb.Store) error {
-		activating.Lock()
-		defer activating.Unlock()
+	// open loads a lease database from leases with the serving options;
+	// the caller holds activating.
+	open := func(leases leasedb.Store) (*leasedb.LeaseDB, error) {
 		opts, err := leaseOptions(servingCfg.Load(), vmsRef.Load())
 		if err != nil {
-			return err
+			return nil, err
 		}
 		opts.Store = leases
 		loadStart := time.Now()
 		db, err := leasedb.New(ctx, opts)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		log.Info("leases loaded", "took", time.Since(loadStart), "pool", db.Stats())
+		return db, nil
+	}
+	activate := func(leases leasedb.Store) error {
+		activating.Lock()
+		defer activating.Unlock()
+		db, err := open(leases)
+		if err != nil {
+			return err
+		}
 		deferred := db.Deferred(probing)
 		if prober != nil {
 			deferred.OnReleased(prober.RememberFree)
@@ -230,7 +239,17 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 	defer lostLease(nil)
 	var pairStatus func() *hyperdhcpv1beta1.HighAvailabilityStatus
 	if cfg.HighAvailability != nil {
-		if pairStatus, err = startReplica(ctx, cfg, store, activate, dbRef.Load, lostLease, metrics, log); err != nil {
+		hooks := pairHooks{
+			activate: activate,
+			current:  dbRef.Load,
+			lost:     lostLease,
+			openRenewalsOnly: func(leases leasedb.Store) (*leasedb.LeaseDB, error) {
+				activating.Lock()
+				defer activating.Unlock()
+				return open(leases)
+			},
+		}
+		if pairStatus, err = startReplica(ctx, cfg, store, gate, hooks, metrics, log); err != nil {
 			return err
 		}
 	}

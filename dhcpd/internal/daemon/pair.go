@@ -33,18 +33,24 @@ var errLostLease = errors.New("lost the Lease to the other replica: restarting a
 // of every packet before. It turns active once per process (a replica that
 // loses the Lease exits), so a batch is never decided by one database and
 // made durable by another.
+//
+// A standby that can reach neither the API server nor the active answers
+// renewals only (renewalsOnly), from its own copy of the leases.
 type activeGate struct {
-	deferred atomic.Pointer[leasedb.Deferred]
-	metrics  *server.Metrics
+	deferred     atomic.Pointer[leasedb.Deferred]
+	renewalsOnly atomic.Pointer[leasedb.LeaseDB]
+	metrics      *server.Metrics
 }
 
 func (g *activeGate) Handler4(req, resp *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, bool) {
-	d := g.deferred.Load()
-	if d == nil {
-		g.metrics.Dropped(server.DropStandby)
-		return nil, true
+	if d := g.deferred.Load(); d != nil {
+		return d.Handler4(req, resp)
 	}
-	return d.Handler4(req, resp)
+	if db := g.renewalsOnly.Load(); db != nil {
+		return db.Handler4(req, resp)
+	}
+	g.metrics.Dropped(server.DropStandby)
+	return nil, true
 }
 
 func (g *activeGate) Durable(ctx context.Context, reqs []*dhcpv4.DHCPv4, sendable []bool) {
@@ -52,7 +58,11 @@ func (g *activeGate) Durable(ctx context.Context, reqs []*dhcpv4.DHCPv4, sendabl
 		d.Durable(ctx, reqs, sendable)
 		return
 	}
-	clear(sendable)
+	// Before activation an ACK can only be a renewals-only confirmation,
+	// which grants and writes nothing.
+	for i := range sendable {
+		sendable[i] = true
+	}
 }
 
 func (g *activeGate) ProbeFirst(req *dhcpv4.DHCPv4) (netip.Addr, bool) {
@@ -75,6 +85,20 @@ func holderNow(ctx context.Context, election *ha.Election) (string, error) {
 	return election.Holder(ctx)
 }
 
+// pairHooks are the daemon's parts a replica drives.
+type pairHooks struct {
+	// activate loads the lease database from the replicated store and
+	// answers as the active.
+	activate func(leasedb.Store) error
+	// current is the active's lease database, nil before activation.
+	current func() *leasedb.LeaseDB
+	// lost ends the process.
+	lost context.CancelCauseFunc
+	// openRenewalsOnly loads a lease database for a standby's renewals-only
+	// answers.
+	openRenewalsOnly func(leasedb.Store) (*leasedb.LeaseDB, error)
+}
+
 // startReplica makes this hyperdhcpd a replica of its pair: it serves
 // replication, catches up with the active, stands for the Lease while it
 // may, and activates with the replicated store once it holds the Lease.
@@ -83,9 +107,12 @@ func holderNow(ctx context.Context, election *ha.Election) (string, error) {
 // When the Lease is lost because no replica can reach the API server, the
 // active keeps its database and answers renewals only (SetRenewalsOnly)
 // until it holds the Lease again, unless the other replica took it
-// meanwhile: then it exits and comes back as the standby.
-func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, activate func(leasedb.Store) error,
-	current func() *leasedb.LeaseDB, lost context.CancelCauseFunc, metrics *server.Metrics, log *slog.Logger) (func() *hyperdhcpv1beta1.HighAvailabilityStatus, error) {
+// meanwhile: then it exits and comes back as the standby. A standby that
+// hears neither the API server nor the active answers renewals only too
+// (watchForOutage).
+func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, gate *activeGate, hooks pairHooks,
+	metrics *server.Metrics, log *slog.Logger) (func() *hyperdhcpv1beta1.HighAvailabilityStatus, error) {
+	activate, current, lost := hooks.activate, hooks.current, hooks.lost
 	pair, k := cfg.HighAvailability, cfg.Kubernetes
 	mclt := pair.MaxClientLeadTime.Duration
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
@@ -211,6 +238,7 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 		}
 	}()
 	go replica.Heartbeat(ctx)
+	go watchForOutage(ctx, replica, election, store, gate, hooks, log)
 	go metrics.WatchLag(ctx, replica.Lag)
 	go election.Run(ctx, func() bool {
 		if replica.InSync() {
@@ -229,4 +257,65 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 		}
 	}
 	return report, nil
+}
+
+// writesNothing is the standby's own database as a renewals-only LeaseDB
+// sees it: read once, never written (the active's stream writes it).
+type writesNothing struct{ leasedb.Store }
+
+func (writesNothing) Apply(context.Context, []leasedb.Change) error { return nil }
+func (writesNothing) Close() error                                  { return nil }
+
+// watchForOutage turns a standby's renewals-only answers on while it hears
+// neither the active (no batch or heartbeat) nor the API server for a Lease
+// duration, and off again when either is back or this replica activates.
+// Then the active may be gone with the API server, and its clients
+// rebinding (RFC 2131 4.4.5) would find nobody: the standby confirms a
+// client's own lease from its copy with the time it has left, as the
+// former active does (lease-lost); nothing is granted or extended, so
+// nothing can go to two clients whatever the other replica does.
+func watchForOutage(ctx context.Context, replica *ha.Replica, election *ha.Election, store leasedb.Store, gate *activeGate,
+	hooks pairHooks, log *slog.Logger) {
+	apiSeen := time.Now()
+	stop := func(why string) {
+		if db := gate.renewalsOnly.Swap(nil); db != nil {
+			log.Info("the standby stops answering renewals", "because", why)
+			_ = db.Close()
+		}
+	}
+	defer stop("it is ending")
+	ticker := time.NewTicker(ha.RetryPeriod)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		now := time.Now()
+		switch {
+		case hooks.current() != nil:
+			stop("it is the active")
+			continue
+		case now.Sub(replica.Heard()) < ha.LeaseDuration:
+			stop("the active is back")
+			continue
+		}
+		if _, err := holderNow(ctx, election); err == nil {
+			apiSeen = now
+			stop("the API server is back")
+			continue
+		}
+		if now.Sub(apiSeen) < ha.LeaseDuration || gate.renewalsOnly.Load() != nil {
+			continue
+		}
+		db, err := hooks.openRenewalsOnly(writesNothing{store})
+		if err != nil {
+			log.Error("cannot load the leases to answer renewals", "error", err)
+			continue
+		}
+		db.SetRenewalsOnly(true)
+		gate.renewalsOnly.Store(db)
+		log.Warn("the standby hears neither the active nor the API server: answering renewals of existing leases only, with the time they have left")
+	}
 }

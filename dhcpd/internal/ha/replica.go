@@ -102,6 +102,9 @@ type Replica struct {
 
 	// replicated counts batches the standby confirmed, for the lag metric.
 	lastConfirmed atomic.Int64
+	// heard is when, as the standby, this replica last took a batch,
+	// heartbeat or snapshot of the active's stream (Unix nanoseconds).
+	heard atomic.Int64
 	catchingUp    atomic.Bool
 }
 
@@ -408,6 +411,7 @@ func (r *Replica) receive(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "catching up", http.StatusPreconditionFailed)
 		return
 	case len(b.Changes) == 0:
+		r.heard.Store(time.Now().UnixNano())
 		w.WriteHeader(http.StatusOK) // a heartbeat where the stream stands
 		return
 	}
@@ -416,7 +420,17 @@ func (r *Replica) receive(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.seq = b.Seq
+	r.heard.Store(time.Now().UnixNano())
 	w.WriteHeader(http.StatusOK)
+}
+
+// Heard is when, as the standby, this replica last took part of the
+// active's stream; zero if never.
+func (r *Replica) Heard() time.Time {
+	if n := r.heard.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // serveSnapshot sends every lease and where the stream stands, taken
@@ -513,6 +527,7 @@ func (r *Replica) CatchUp(ctx context.Context) error {
 		return fmt.Errorf("write snapshot: %w", err)
 	}
 	r.epoch, r.stream, r.seq, r.synced = s.Epoch, s.Stream, s.Seq, true
+	r.heard.Store(time.Now().UnixNano())
 	r.log.Info("caught up with the active", "leases", len(s.Leases), "epoch", s.Epoch, "seq", s.Seq)
 	return nil
 }

@@ -511,12 +511,17 @@ func TestActiveCutFromTheAPIHandsOver(t *testing.T) {
 
 // TestAPIServerDownLeavesRenewalsOnly: with the API server gone nobody can
 // hold the Lease: the former active keeps answering its clients' renewals
-// with the time their leases have left and grants nothing new; once the
-// API server is back a replica holds the Lease and new clients are served.
-// The API server goes away by cutting both replicas' way to it (envtest's
+// with the time their leases have left and grants nothing new. When the
+// active then dies too, its client's renewal at T1 goes unanswered and its
+// rebinding at T2 is answered by the standby, which hears neither the
+// active nor the API server, with the time left again. Once the API server
+// is back the standby holds the Lease and new clients are served. The API
+// server goes away by cutting both replicas' way to it (envtest's
 // kube-apiserver comes back with a new CA, which no client would trust).
 func TestAPIServerDownLeavesRenewalsOnly(t *testing.T) {
-	p := newPairBed(t)
+	// The shortest lease time a Server may have: T2 comes 52.5 s after
+	// a lease.
+	p := newPairBedWith(t, func(c *config.Config) { c.Server.LeaseTime = &metav1.Duration{Duration: time.Minute} })
 	p.up()
 	client := &udhcpc{c: p.addClient("02:00:5e:74:00:01")}
 	got := client.obtain()
@@ -530,17 +535,29 @@ func TestAPIServerDownLeavesRenewalsOnly(t *testing.T) {
 	renewed := client.renew()
 	assert.Equal(t, held, renewed.IP, "the client keeps its address")
 	leaseTime, _ := strconv.Atoi(renewed.LeaseTime)
-	assert.Less(t, leaseTime, 600, "with the time its lease has left, not a new lease")
+	assert.Less(t, leaseTime, 60, "with the time its lease has left, not a new lease")
 	assert.Positive(t, leaseTime)
 
 	stranger := p.addClient("02:00:5e:74:00:02")
 	_, err := stranger.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", stranger.hook(false), "-t", "3", "-T", "1").CombinedOutput()
 	assert.Error(t, err, "no new client without the Lease")
 
-	forwardAPIServer(t, p.serverNS, p.apiHost)
+	require.NoError(t, p.server.Process.Kill())
+	<-p.exited
+	p.server = nil
+	ev, i := client.c.waitEvent(client.seen, 70*time.Second, "renew")
+	client.seen = i + 1
+	assert.Equal(t, held, ev.env["ip"], "the client keeps its address")
+	assert.Equal(t, standbyIP, ev.env["serverid"], "rebound by the standby")
+	rebound, _ := strconv.Atoi(ev.env["lease"])
+	assert.Less(t, rebound, leaseTime, "with the time its lease has left")
+	assert.Positive(t, rebound)
+	assert.Positive(t, countIn(p.log1, "the standby hears neither the active nor the API server"))
+
 	forwardAPIServer(t, p.second.ns, p.apiHost)
 	ip, server := p.obtainFrom("02:00:5e:74:00:03")
 	t.Logf("after the API server came back, %s answered a new client with %s", server, ip)
+	assert.Equal(t, standbyIP, server)
 	assert.NotEqual(t, held, ip)
 }
 
