@@ -238,6 +238,7 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 	ctx, lostLease := context.WithCancelCause(ctx)
 	defer lostLease(nil)
 	var pairStatus func() *hyperdhcpv1beta1.HighAvailabilityStatus
+	handOver := func() {}
 	if cfg.HighAvailability != nil {
 		hooks := pairHooks{
 			activate: activate,
@@ -249,7 +250,7 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 				return open(leases)
 			},
 		}
-		if pairStatus, err = startReplica(ctx, cfg, store, gate, hooks, metrics, log); err != nil {
+		if pairStatus, handOver, err = startReplica(ctx, cfg, store, gate, hooks, metrics, log); err != nil {
 			return err
 		}
 	}
@@ -334,6 +335,7 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 	if cause := context.Cause(ctx); errors.Is(cause, errLostLease) {
 		return cause
 	}
+	handOver()
 	return err
 }
 

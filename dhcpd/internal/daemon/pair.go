@@ -110,27 +110,31 @@ type pairHooks struct {
 // meanwhile: then it exits and comes back as the standby. A standby that
 // hears neither the API server nor the active answers renewals only too
 // (watchForOutage).
+//
+// It returns the active's status report and handOver, which a stopping
+// replica calls once it answers no more: an active gives its Lease up, so
+// the standby takes over at its next try (a rolling update).
 func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, gate *activeGate, hooks pairHooks,
-	metrics *server.Metrics, log *slog.Logger) (func() *hyperdhcpv1beta1.HighAvailabilityStatus, error) {
+	metrics *server.Metrics, log *slog.Logger) (report func() *hyperdhcpv1beta1.HighAvailabilityStatus, handOver func(), err error) {
 	activate, current, lost := hooks.activate, hooks.current, hooks.lost
 	pair, k := cfg.HighAvailability, cfg.Kubernetes
 	mclt := pair.MaxClientLeadTime.Duration
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("high availability: %w", err)
+		return nil, nil, fmt.Errorf("high availability: %w", err)
 	}
 	log = log.With("replica", pair.Replica)
 	election, err := ha.NewElection(restConfig, k.ServerNamespace, pair.Lease, pair.Replica, log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	files := ha.TLSFiles{CA: pair.CA, Cert: pair.Cert, Key: pair.Key}
 	replica, err := ha.NewReplica(store, election, pair.Peer, files, log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := replica.Listen(ctx, pair.Listen, files); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// While the standby does not get the batches, leases are granted for
 	// the MCLT at most: a replica that takes over without them waits that
@@ -207,8 +211,8 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 	election.OnStoppedLeading = func() {
 		metrics.Role(false)
 		db := current()
-		if db == nil {
-			return
+		if db == nil || ctx.Err() != nil {
+			return // never active, or stopping (handOver gives the Lease up)
 		}
 		if holder, err := holderNow(ctx, election); err == nil && holder != election.Identity() {
 			lost(errLostLease)
@@ -240,14 +244,34 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 	go replica.Heartbeat(ctx)
 	go watchForOutage(ctx, replica, election, store, gate, hooks, log)
 	go metrics.WatchLag(ctx, replica.Lag)
-	go election.Run(ctx, func() bool {
-		if replica.InSync() {
-			return true
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		election.Run(ctx, func() bool {
+			if replica.InSync() {
+				return true
+			}
+			ok, err := election.MayStand(ctx, pair.Bootstrap)
+			return err == nil && ok
+		})
+	}()
+	handOver = func() {
+		select {
+		case <-ran:
+		case <-time.After(2 * ha.RetryPeriod):
+			log.Warn("the election did not stop in time: the Lease is left to run out")
+			return
 		}
-		ok, err := election.MayStand(ctx, pair.Bootstrap)
-		return err == nil && ok
-	})
-	report := func() *hyperdhcpv1beta1.HighAvailabilityStatus {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		switch released, err := election.Release(ctx); {
+		case err != nil:
+			log.Warn("the Lease is left to run out", "error", err)
+		case released:
+			log.Info("gave the Lease up: the standby takes over at its next try")
+		}
+	}
+	report = func() *hyperdhcpv1beta1.HighAvailabilityStatus {
 		if !election.Fresh(time.Now()) {
 			return nil
 		}
@@ -256,7 +280,7 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 			StandbyInSync: replica.InSync(), ReplicationLagMilliseconds: replica.Lag(time.Now()).Round(time.Second).Milliseconds(),
 		}
 	}
-	return report, nil
+	return report, handOver, nil
 }
 
 // writesNothing is the standby's own database as a renewals-only LeaseDB

@@ -7,6 +7,7 @@ package ha
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -164,6 +165,17 @@ func (e *Election) Holder(ctx context.Context) (string, error) {
 	return *lease.Spec.HolderIdentity, nil
 }
 
+// Release gives up the Lease once Run has returned (the caller waits for
+// it: a renewal after the release would take the Lease back), so that at a
+// planned stop the other replica takes over within a retry period instead
+// of a Lease duration. It reports whether there was a Lease to give up.
+func (e *Election) Release(ctx context.Context) (bool, error) {
+	if e.leading.Load() {
+		return false, errors.New("give the Lease up: still leading")
+	}
+	return e.lock.release(ctx)
+}
+
 // Identity is this replica's name in the Lease.
 func (e *Election) Identity() string { return e.identity }
 
@@ -254,6 +266,31 @@ func (l *trackedLock) setLabel(ctx context.Context, key, value string) error {
 		return fmt.Errorf("label the Lease %s=%s: %w", key, value, err)
 	}
 	return nil
+}
+
+// release ends this replica's Lease early, if the Lease is still the one
+// it last wrote: the record says it lasts 1 s from now, so the other
+// replica takes it at its next try. The holder stays this replica (its
+// last holder), so the bootstrap rule does not apply to an ended Lease.
+func (l *trackedLock) release(ctx context.Context) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last == nil {
+		return false, nil
+	}
+	current, _, err := l.inner.Get(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read the Lease to give it up: %w", err)
+	}
+	if current.HolderIdentity != l.inner.Identity() || current.LeaderTransitions != l.last.LeaderTransitions {
+		return false, nil
+	}
+	current.LeaseDurationSeconds = 1
+	current.RenewTime = metav1.Now()
+	if err := l.inner.Update(ctx, *current); err != nil {
+		return false, fmt.Errorf("give the Lease up: %w", err)
+	}
+	return true, nil
 }
 
 func (l *trackedLock) RecordEvent(string) {}

@@ -104,8 +104,8 @@ type Replica struct {
 	lastConfirmed atomic.Int64
 	// heard is when, as the standby, this replica last took a batch,
 	// heartbeat or snapshot of the active's stream (Unix nanoseconds).
-	heard atomic.Int64
-	catchingUp    atomic.Bool
+	heard      atomic.Int64
+	catchingUp atomic.Bool
 }
 
 // NewReplica returns the replica of local, whose peer is at peerURL

@@ -425,6 +425,84 @@ func TestReplicationCutLeavesTheActiveServingAlone(t *testing.T) {
 	assert.Equal(t, "02:00:5e:72:00:01", storedBound(t, p.database1)[ip], "the standby caught up with the lease granted alone")
 }
 
+// TestPairRollingUpdate updates the pair as the operator rolls it: the
+// standby first (it restarts and catches up), then the active, which gives
+// its Lease up as it stops, so the standby takes over at its next try. A
+// client asking every 200 ms is never left without an answer for longer
+// than a client rebinds (the last eighth of its lease, 7.5 s here), so no
+// client loses its lease to the update.
+func TestPairRollingUpdate(t *testing.T) {
+	leaseTime := time.Minute
+	p := newPairBedWith(t, func(c *config.Config) { c.Server.LeaseTime = &metav1.Duration{Duration: leaseTime} })
+	p.up()
+
+	prober := p.addClient("02:00:5e:78:00:01")
+	type answer struct {
+		at     time.Time
+		server string
+	}
+	var answers []answer
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			before := len(prober.events())
+			cmd := prober.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", prober.hook(false), "-t", "1", "-T", "1")
+			if cmd.Run() != nil {
+				continue
+			}
+			if events := prober.events(); len(events) > before {
+				answers = append(answers, answer{at: time.Now(), server: events[len(events)-1].env["serverid"]})
+			}
+		}
+	}()
+	started := time.Now()
+
+	// The standby first: it restarts and catches up before the active goes.
+	p.stopSecond(syscall.SIGTERM)
+	before := countIn(p.log1, "caught up with the active")
+	p.startSecond()
+	require.Eventually(t, func() bool { return countIn(p.log1, "caught up with the active") > before }, 20*time.Second, 100*time.Millisecond)
+	require.Eventually(t, func() bool { return p.inSyncLabel() != "false" }, 10*time.Second, 100*time.Millisecond)
+	time.Sleep(time.Second) // a heartbeat finds the standby where the stream stands
+
+	// Then the active: it gives its Lease up as it stops.
+	stopping := time.Now()
+	p.stopServer(syscall.SIGTERM)
+	assert.Positive(t, countIn(p.logPath, "gave the Lease up"))
+	require.Eventually(t, func() bool { return active(p.second.ns) }, 10*time.Second, 50*time.Millisecond)
+	t.Logf("the standby took over %s after the active was told to stop", time.Since(stopping).Round(time.Millisecond))
+	before = countIn(p.logPath, "caught up with the active")
+	p.startServer()
+	require.Eventually(t, func() bool { return countIn(p.logPath, "caught up with the active") > before }, 20*time.Second, 100*time.Millisecond)
+	time.Sleep(2 * time.Second) // answers from the new active
+	close(stop)
+	<-stopped
+
+	require.NotEmpty(t, answers)
+	var longest time.Duration
+	last := started
+	for _, a := range answers {
+		longest = max(longest, a.at.Sub(last))
+		last = a.at
+	}
+	assert.Equal(t, standbyIP, answers[len(answers)-1].server, "the former standby answers after the update")
+	var offsets []string
+	for _, a := range answers {
+		offsets = append(offsets, fmt.Sprintf("%s@%s", a.at.Sub(started).Round(10*time.Millisecond), a.server))
+	}
+	t.Logf("answers: %v", offsets)
+	rebinding := leaseTime / 8
+	assert.Less(t, longest, rebinding, "no client goes without an answer for longer than it rebinds")
+	t.Logf("rolling update: %d answers, the longest time without one %s (a client rebinds for %s)", len(answers),
+		longest.Round(time.Millisecond), rebinding)
+}
+
 // cutReplication drops the replication traffic between the replicas (both
 // ways, in both namespaces) until the returned function puts it back.
 func (p *pairBed) cutReplication() (restore func()) {
