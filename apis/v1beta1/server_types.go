@@ -641,6 +641,10 @@ const (
 	// ReasonSpecRefused: hyperdhcpd could not apply a new spec
 	// (status.served says why) and serves the one before it.
 	ReasonSpecRefused = "SpecRefused"
+	// ReasonStandbyFirst: a highAvailability pair rolls its standby first;
+	// the active replica's pod follows once the standby's is available,
+	// which it is once it has caught up with the active.
+	ReasonStandbyFirst = "StandbyFirst"
 )
 
 // ServerList is a list of Servers.

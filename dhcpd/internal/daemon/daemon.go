@@ -90,8 +90,14 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 	}
 	// Not ready while lease writes fail (no REQUEST can be acknowledged)
 	// or the VM API is away; liveness stays: a restart fixes neither.
+	var standbyBehind atomic.Pointer[func() bool] // set in a pair
 	degraded := func() string {
 		var why []string
+		if behind := standbyBehind.Load(); behind != nil && dbRef.Load() == nil && (*behind)() {
+			// A standby that could not take over yet: the operator rolls
+			// the active only once this one is ready.
+			why = append(why, "the standby has not caught up with the active")
+		}
 		if db := dbRef.Load(); db != nil {
 			if err := db.StorageError(); err != nil {
 				why = append(why, err.Error())
@@ -250,9 +256,11 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 				return open(leases)
 			},
 		}
-		if pairStatus, handOver, err = startReplica(ctx, cfg, store, gate, hooks, metrics, log); err != nil {
+		var behind func() bool
+		if pairStatus, handOver, behind, err = startReplica(ctx, cfg, store, gate, hooks, metrics, log); err != nil {
 			return err
 		}
+		standbyBehind.Store(&behind)
 	}
 
 	// An edit: a new chain and lease options, and a new VM watch when the

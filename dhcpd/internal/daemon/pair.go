@@ -111,30 +111,31 @@ type pairHooks struct {
 // hears neither the API server nor the active answers renewals only too
 // (watchForOutage).
 //
-// It returns the active's status report and handOver, which a stopping
+// It returns the active's status report; handOver, which a stopping
 // replica calls once it answers no more: an active gives its Lease up, so
-// the standby takes over at its next try (a rolling update).
+// the standby takes over at its next try (a rolling update); and behind,
+// which tells whether, as the standby, it has yet to catch up.
 func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, gate *activeGate, hooks pairHooks,
-	metrics *server.Metrics, log *slog.Logger) (report func() *hyperdhcpv1beta1.HighAvailabilityStatus, handOver func(), err error) {
+	metrics *server.Metrics, log *slog.Logger) (report func() *hyperdhcpv1beta1.HighAvailabilityStatus, handOver func(), behind func() bool, err error) {
 	activate, current, lost := hooks.activate, hooks.current, hooks.lost
 	pair, k := cfg.HighAvailability, cfg.Kubernetes
 	mclt := pair.MaxClientLeadTime.Duration
 	restConfig, err := status.RESTConfig(k.Kubeconfig)
 	if err != nil {
-		return nil, nil, fmt.Errorf("high availability: %w", err)
+		return nil, nil, nil, fmt.Errorf("high availability: %w", err)
 	}
 	log = log.With("replica", pair.Replica)
 	election, err := ha.NewElection(restConfig, k.ServerNamespace, pair.Lease, pair.Replica, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	files := ha.TLSFiles{CA: pair.CA, Cert: pair.Cert, Key: pair.Key}
 	replica, err := ha.NewReplica(store, election, pair.Peer, files, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if err := replica.Listen(ctx, pair.Listen, files); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	// While the standby does not get the batches, leases are granted for
 	// the MCLT at most: a replica that takes over without them waits that
@@ -280,7 +281,8 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 			StandbyInSync: replica.InSync(), ReplicationLagMilliseconds: replica.Lag(time.Now()).Round(time.Second).Milliseconds(),
 		}
 	}
-	return report, handOver, nil
+	behind = func() bool { return !replica.InSync() }
+	return report, handOver, behind, nil
 }
 
 // writesNothing is the standby's own database as a renewals-only LeaseDB

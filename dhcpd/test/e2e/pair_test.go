@@ -131,6 +131,12 @@ func countIn(path, text string) int {
 	return strings.Count(string(data), text)
 }
 
+// ready tells whether the replica in namespace ns says it is ready.
+func ready(ns string) bool {
+	out, err := exec.Command("ip", "netns", "exec", ns, "busybox", "wget", "-qO-", "http://127.0.0.1:8067/readyz").Output()
+	return err == nil && strings.Contains(string(out), "ok")
+}
+
 // active tells whether the replica in namespace ns says it is active.
 func active(ns string) bool {
 	out, err := exec.Command("ip", "netns", "exec", ns, "busybox", "wget", "-qO-", metricsURL).Output()
@@ -255,10 +261,12 @@ func TestNewReplicaNeverAnswersFirst(t *testing.T) {
 	p.startSecond()
 	time.Sleep(ha.LeaseDuration + 2*ha.RetryPeriod)
 	assert.False(t, active(p.second.ns), "a replica that never caught up does not answer first")
+	assert.False(t, ready(p.second.ns), "nor is it ready: it could not take over")
 	p.startServer()
 	require.Eventually(t, func() bool { return active(p.serverNS) }, 20*time.Second, 100*time.Millisecond, "the bootstrap replica takes the Lease")
 	require.Eventually(t, func() bool { return countIn(p.log1, "caught up with the active") > 0 }, 20*time.Second, 100*time.Millisecond)
 	assert.False(t, active(p.second.ns))
+	assert.True(t, ready(p.second.ns), "caught up, the standby is ready")
 }
 
 // TestPairKillSeriesUnderLoad kills the active (-9) again and again

@@ -243,6 +243,12 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	var (
 		deployments       []*appsv1.Deployment
 		attachmentMissing string
+		// heldBack is the active replica's Deployment whose new pod
+		// template waits for the standby's (a pair rolls one at a time).
+		heldBack string
+		// standbyRolledOut: the standby's Deployment runs its current
+		// template, available (its pod is ready once it is in sync).
+		standbyRolledOut = true
 	)
 	phases := []struct {
 		name string
@@ -253,7 +259,8 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 		{"Pair", func() error { return r.reconcilePair(ctx, server) }},
 		{"NetworkAttachment", func() (err error) { attachmentMissing, err = r.checkNetworkAttachment(ctx, server); return err }},
 	}
-	for _, replica := range render.Replicas(server) {
+	active := activeReplica(server)
+	for _, replica := range standbyFirst(render.Replicas(server), active) {
 		var configHash string
 		suffix := ""
 		if replica.Index > 0 {
@@ -275,9 +282,16 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 					// new one is written (the hash would not change again).
 					return nil
 				}
-				d, err := r.reconcileDeployment(ctx, server, replica, configHash)
+				isActive := active == replica.Index
+				d, held, err := r.reconcileDeployment(ctx, server, replica, configHash, isActive && !standbyRolledOut)
 				if d != nil && err == nil {
 					deployments = append(deployments, d)
+				}
+				if held {
+					heldBack = d.Name
+				}
+				if !isActive && active >= 0 {
+					standbyRolledOut = err == nil && d != nil && rolledOut(d) && d.Status.AvailableReplicas > 0
 				}
 				return err
 			}},
@@ -295,6 +309,11 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	var replicaProblems []problem
 	if len(deployments) > 0 {
 		replicaProblems = setDeploymentConditions(server, deployments)
+	}
+	if heldBack != "" {
+		setConditions(server, metav1.Condition{Type: hyperdhcpv1beta1.ConditionProgressing, Status: metav1.ConditionTrue,
+			Reason: hyperdhcpv1beta1.ReasonStandbyFirst,
+			Message: fmt.Sprintf("the standby replica rolls out first; Deployment %s (the active) follows once the standby is available and in sync", heldBack)})
 	}
 	setApplying(server)
 	// Degraded names every problem, the most severe first: a failing phase,
@@ -603,12 +622,15 @@ const restartedAtAnnotation = "kubectl.kubernetes.io/restartedAt"
 // rendered one, everywhere: a server-side dry run fills in the API server's
 // defaults, so the rendered spec compares equal to an unchanged live one
 // (no write) and differs from one edited in any field, rendered or not.
-func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hyperdhcpv1beta1.Server, replica render.Replica, configHash string) (*appsv1.Deployment, error) {
+// With holdTemplate the live pod template stays (no pod is rolled) and held
+// says whether it differs from the rendered one.
+func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hyperdhcpv1beta1.Server, replica render.Replica, configHash string,
+	holdTemplate bool) (d *appsv1.Deployment, held bool, err error) {
 	desired, err := render.Deployment(server, replica, r.Image, configHash)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
+	d = &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
 	err = r.apply(ctx, server, d, true, func() error {
 		setMeta(d, desired)
 		spec := *desired.Spec.DeepCopy()
@@ -625,10 +647,52 @@ func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hype
 		if err := r.Update(ctx, dryRun, client.DryRunAll); err != nil {
 			return fmt.Errorf("default the rendered Deployment (dry run): %w", err)
 		}
+		held = holdTemplate && !apiequality.Semantic.DeepEqual(d.Spec.Template, dryRun.Spec.Template)
+		if held {
+			dryRun.Spec.Template = d.Spec.Template
+		}
 		d.Spec = dryRun.Spec
 		return nil
 	})
-	return d, err
+	return d, held, err
+}
+
+// activeReplica is the index of the pair's replica that status names
+// active, or -1.
+func activeReplica(server *hyperdhcpv1beta1.Server) int {
+	ha := server.Status.HighAvailability
+	if ha == nil || server.Spec.HighAvailability == nil {
+		return -1
+	}
+	for _, replica := range render.Replicas(server) {
+		if render.ReplicaName(server, replica) == ha.Active {
+			return replica.Index
+		}
+	}
+	return -1
+}
+
+// standbyFirst orders the replicas so the standby's objects are
+// reconciled before the active's: its rollout gates the active's.
+func standbyFirst(replicas []render.Replica, active int) []render.Replica {
+	ordered := make([]render.Replica, 0, len(replicas))
+	for _, replica := range replicas {
+		if replica.Index != active {
+			ordered = append(ordered, replica)
+		}
+	}
+	for _, replica := range replicas {
+		if replica.Index == active {
+			ordered = append(ordered, replica)
+		}
+	}
+	return ordered
+}
+
+// rolledOut tells whether d runs only pods of its current template.
+func rolledOut(d *appsv1.Deployment) bool {
+	return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == ptrValue(d.Spec.Replicas) &&
+		d.Status.Replicas == d.Status.UpdatedReplicas
 }
 
 // reconcileDelete removes what owner references cannot, then the finalizer.
@@ -741,8 +805,7 @@ func setDeploymentConditions(server *hyperdhcpv1beta1.Server, deployments []*app
 	var down []string
 	anyAvailable, allRolledOut := false, true
 	for _, d := range deployments {
-		rolledOut := d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == ptrValue(d.Spec.Replicas) &&
-			d.Status.Replicas == d.Status.UpdatedReplicas
+		rolledOut := rolledOut(d)
 		available := d.Status.AvailableReplicas > 0 && rolledOut
 		allRolledOut = allRolledOut && rolledOut
 		anyAvailable = anyAvailable || available

@@ -634,3 +634,42 @@ func TestPairIsRenderedAndRemoved(t *testing.T) {
 	}, timeout, interval, "the second replica and the pair's objects go")
 	require.NoError(t, admin.Get(t.Context(), key(ns, name+"-1-leases"), &corev1.PersistentVolumeClaim{}), "its lease volume stays")
 }
+
+// TestPairRollsTheStandbyFirst: a restart-only edit (the image) rolls the
+// standby's pod first; the active's Deployment keeps its pod template, and
+// Progressing says why, until the standby's Deployment is rolled out and
+// available (its pod is ready once it has caught up); then the active's
+// follows.
+func TestPairRollsTheStandbyFirst(t *testing.T) {
+	ns := newNamespace(t)
+	server := newServer(t, ns, "lab", func(s *hyperdhcpv1beta1.ServerSpec) {
+		s.HighAvailability = &hyperdhcpv1beta1.HighAvailabilitySpec{StandbyServerIP: "192.168.50.3/24"}
+	})
+	name := render.Name(server)
+	active, standby := &appsv1.Deployment{}, &appsv1.Deployment{}
+	eventually(t, active, key(ns, name), func() bool { return true }, "the active's Deployment")
+	eventually(t, standby, key(ns, name+"-1"), func() bool { return true }, "the standby's Deployment")
+	markAvailable(t, active)
+	markAvailable(t, standby)
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := admin.Get(t.Context(), client.ObjectKeyFromObject(server), server); err != nil {
+			return err
+		}
+		server.Status.HighAvailability = &hyperdhcpv1beta1.HighAvailabilityStatus{Active: name, Epoch: 1, Since: metav1.Now(), StandbyInSync: true}
+		return admin.Status().Update(t.Context(), server)
+	}))
+	image := func(d *appsv1.Deployment) string { return d.Spec.Template.Spec.Containers[0].Image }
+	before := image(active)
+
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.Image = "registry.example/hyperdhcpd:next" })
+	eventually(t, standby, key(ns, name+"-1"), func() bool { return image(standby) == "registry.example/hyperdhcpd:next" }, "the standby rolls first")
+	eventually(t, server, client.ObjectKeyFromObject(server), func() bool {
+		c := meta.FindStatusCondition(server.Status.Conditions, hyperdhcpv1beta1.ConditionProgressing)
+		return c != nil && c.Status == metav1.ConditionTrue && c.Reason == hyperdhcpv1beta1.ReasonStandbyFirst
+	}, "Progressing says the active waits for the standby")
+	require.NoError(t, admin.Get(t.Context(), key(ns, name), active))
+	assert.Equal(t, before, image(active), "the active keeps its pod while the standby rolls")
+
+	markAvailable(t, standby) // the new pod is ready: it has caught up
+	eventually(t, active, key(ns, name), func() bool { return image(active) == "registry.example/hyperdhcpd:next" }, "then the active rolls")
+}

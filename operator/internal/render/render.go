@@ -452,7 +452,10 @@ func Service(server *hyperdhcpv1beta1.Server, r Replica) *corev1.Service {
 	return &corev1.Service{
 		ObjectMeta: meta(server, ReplicaName(server, r), server.Namespace),
 		Spec: corev1.ServiceSpec{
-			Selector: ReplicaSelectorLabels(server, r),
+			// A standby is ready only once it has caught up, which it does
+			// through these addresses.
+			PublishNotReadyAddresses: true,
+			Selector:                 ReplicaSelectorLabels(server, r),
 			Ports: []corev1.ServicePort{{Name: "replication", Port: ReplicationPort, Protocol: corev1.ProtocolTCP,
 				TargetPort: intstr.FromString("replication")}},
 		},

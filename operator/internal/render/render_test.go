@@ -358,6 +358,7 @@ func TestPairRendersTwoReplicas(t *testing.T) {
 		assert.Equal(t, corev1.LabelHostname, terms[0].TopologyKey)
 		svc := Service(server, r)
 		assert.Equal(t, d.Spec.Selector.MatchLabels, svc.Spec.Selector)
+		assert.True(t, svc.Spec.PublishNotReadyAddresses, "a standby catches up through it before it is ready")
 	}
 	assert.Equal(t, Name(server), deployments[0].Name, "replica 0 keeps the names a single server has")
 	assert.Equal(t, Name(server)+"-1", deployments[1].Name)
