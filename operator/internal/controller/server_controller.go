@@ -312,7 +312,7 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	}
 	if heldBack != "" {
 		setConditions(server, metav1.Condition{Type: hyperdhcpv1beta1.ConditionProgressing, Status: metav1.ConditionTrue,
-			Reason: hyperdhcpv1beta1.ReasonStandbyFirst,
+			Reason:  hyperdhcpv1beta1.ReasonStandbyFirst,
 			Message: fmt.Sprintf("the standby replica rolls out first; Deployment %s (the active) follows once the standby is available and in sync", heldBack)})
 	}
 	setApplying(server)
