@@ -205,12 +205,17 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 		log.Info("leases loaded", "took", time.Since(loadStart), "pool", db.Stats())
 		return db, nil
 	}
-	activate := func(leases leasedb.Store) error {
+	// activate loads the lease database and answers from it; prepare (if
+	// any) sets it up before the first packet reaches it.
+	activate := func(leases leasedb.Store, prepare func(*leasedb.LeaseDB)) error {
 		activating.Lock()
 		defer activating.Unlock()
 		db, err := open(leases)
 		if err != nil {
 			return err
+		}
+		if prepare != nil {
+			prepare(db)
 		}
 		deferred := db.Deferred(probing)
 		if prober != nil {
@@ -224,7 +229,7 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 	if cfg.HighAvailability == nil {
 		// Before the DHCP port is bound: a database that cannot be read
 		// ends hyperdhcpd here.
-		if err := activate(store); err != nil {
+		if err := activate(store, nil); err != nil {
 			return err
 		}
 	}
@@ -343,6 +348,7 @@ func Run(ctx context.Context, cfg *config.Config, file File, log *slog.Logger) e
 	if cause := context.Cause(ctx); errors.Is(cause, errLostLease) {
 		return cause
 	}
+	lostLease(nil) // the election stops (also after a failed Serve), then the Lease is given up
 	handOver()
 	return err
 }

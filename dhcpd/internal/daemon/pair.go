@@ -89,7 +89,7 @@ func holderNow(ctx context.Context, election *ha.Election) (string, error) {
 type pairHooks struct {
 	// activate loads the lease database from the replicated store and
 	// answers as the active.
-	activate func(leasedb.Store) error
+	activate func(leasedb.Store, func(*leasedb.LeaseDB)) error
 	// current is the active's lease database, nil before activation.
 	current func() *leasedb.LeaseDB
 	// lost ends the process.
@@ -141,18 +141,19 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 	// the MCLT at most: a replica that takes over without them waits that
 	// long, not a lease time, before it grants anything new.
 	var capping sync.Mutex
-	capLeases := func() {
+	capLeasesOf := func(db *leasedb.LeaseDB) {
 		capping.Lock()
 		defer capping.Unlock()
-		db := current()
-		if db == nil {
-			return
-		}
 		if replica.Replicating() {
 			db.SetLeaseTimeCap(0)
 			return
 		}
 		db.SetLeaseTimeCap(mclt)
+	}
+	capLeases := func() {
+		if db := current(); db != nil {
+			capLeasesOf(db)
+		}
 	}
 	replica.OnReplicating = func(on bool) {
 		capLeases()
@@ -181,28 +182,36 @@ func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, 
 			return
 		}
 		replica.Activate(epoch, inSync)
-		if err := activate(replica); err != nil {
+		var recovering *leasedb.LeaseDB
+		err := activate(replica, func(db *leasedb.LeaseDB) {
+			// Before the first packet: the cap, and after a lone active
+			// renewals only, or a new client could get what the other
+			// replica granted alone.
+			capLeasesOf(db)
+			if !inSync {
+				db.SetRenewalsOnly(true)
+				recovering = db
+			}
+		})
+		if err != nil {
 			lost(fmt.Errorf("activate after taking the Lease: %w", err))
 			return
 		}
 		heldEpoch.Store(epoch)
-		capLeases()
-		if !inSync {
+		capLeases() // a change of the standby's while the database loaded
+		if db := recovering; db != nil {
 			// The former active went on alone: this database may lack
 			// leases it granted, for the MCLT at most. Until they have
 			// ended, only clients' own leases are confirmed, nothing new is
 			// granted.
-			if db := current(); db != nil {
-				db.SetRenewalsOnly(true)
-				recoveringUntil.Store(time.Now().Add(mclt).UnixNano())
-				log.Warn("took over from an active that was alone: answering renewals only until the leases it granted alone have ended", "for", mclt)
-				time.AfterFunc(mclt, func() {
-					if election.Fresh(time.Now()) && election.Epoch() == epoch {
-						db.SetRenewalsOnly(false)
-						log.Info("every lease granted alone has ended: answering every client")
-					}
-				})
-			}
+			recoveringUntil.Store(time.Now().Add(mclt).UnixNano())
+			log.Warn("took over from an active that was alone: answering renewals only until the leases it granted alone have ended", "for", mclt)
+			time.AfterFunc(mclt, func() {
+				if election.Fresh(time.Now()) && election.Epoch() == epoch {
+					db.SetRenewalsOnly(false)
+					log.Info("every lease granted alone has ended: answering every client")
+				}
+			})
 		}
 		tookOver.Store(time.Now().UnixNano())
 		metrics.Role(true)
@@ -292,6 +301,14 @@ type writesNothing struct{ leasedb.Store }
 func (writesNothing) Apply(context.Context, []leasedb.Change) error { return nil }
 func (writesNothing) Close() error                                  { return nil }
 
+// latest is the later of a and b.
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 // watchForOutage turns a standby's renewals-only answers on while it hears
 // neither the active (no batch or heartbeat) nor the API server for a Lease
 // duration, and off again when either is back or this replica activates.
@@ -299,7 +316,11 @@ func (writesNothing) Close() error                                  { return nil
 // rebinding (RFC 2131 4.4.5) would find nobody: the standby confirms a
 // client's own lease from its copy with the time it has left, as the
 // former active does (lease-lost); nothing is granted or extended, so
-// nothing can go to two clients whatever the other replica does.
+// nothing can go to two clients whatever the other replica does. Its copy
+// may be behind (read once, or never caught up since a restart): every
+// lease in it was acknowledged by an active to that client, and a copy
+// behind only holds shorter leases, or ones the client has since given
+// up and so does not renew.
 func watchForOutage(ctx context.Context, replica *ha.Replica, election *ha.Election, store leasedb.Store, gate *activeGate,
 	hooks pairHooks, log *slog.Logger) {
 	apiSeen := time.Now()
@@ -332,7 +353,8 @@ func watchForOutage(ctx context.Context, replica *ha.Replica, election *ha.Elect
 			stop("the API server is back")
 			continue
 		}
-		if now.Sub(apiSeen) < ha.LeaseDuration || gate.renewalsOnly.Load() != nil {
+		// Neither for a Lease duration: from the later of the two.
+		if now.Sub(latest(apiSeen, replica.Heard())) < ha.LeaseDuration || gate.renewalsOnly.Load() != nil {
 			continue
 		}
 		db, err := hooks.openRenewalsOnly(writesNothing{store})

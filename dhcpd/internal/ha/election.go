@@ -261,8 +261,12 @@ func (l *trackedLock) setLabel(ctx context.Context, key, value string) error {
 	if current.HolderIdentity != l.inner.Identity() || current.LeaderTransitions != l.last.LeaderTransitions {
 		return fmt.Errorf("not holding the Lease")
 	}
+	// The lock writes its Labels with every renewal too: a label that
+	// could not be written must not be written later by a renewal.
+	previous := l.inner.Labels
 	l.inner.Labels = map[string]string{key: value}
 	if err := l.inner.Update(ctx, *current); err != nil {
+		l.inner.Labels = previous
 		return fmt.Errorf("label the Lease %s=%s: %w", key, value, err)
 	}
 	return nil

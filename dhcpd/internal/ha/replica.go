@@ -28,6 +28,10 @@ const (
 	// stream is when no batch goes.
 	heartbeatEvery = 500 * time.Millisecond
 	maxBatchBytes  = 64 << 20
+	// standbyWALRestartEvery: the standby starts its database's WAL over
+	// after this many batches, as the lease database's committer does on
+	// the active (the WAL is never checkpointed by SQLite itself).
+	standbyWALRestartEvery = 256
 )
 
 // Errors of Apply on a replica that may not acknowledge.
@@ -92,7 +96,8 @@ type Replica struct {
 	synced bool
 	// alone: as the active, the Lease says the standby is not in sync.
 	alone bool
-	// replicating mirrors synced on the active, for OnReplicating's readers.
+	// replicating mirrors synced on the active, for OnReplicating's
+	// readers; always false on the standby.
 	replicating atomic.Bool
 
 	// OnReplicating, when set, is told (with the stream's lock held) each
@@ -102,6 +107,8 @@ type Replica struct {
 
 	// replicated counts batches the standby confirmed, for the lag metric.
 	lastConfirmed atomic.Int64
+	// appliedSinceWALRestart counts the standby's batches; r.mu is held.
+	appliedSinceWALRestart int
 	// heard is when, as the standby, this replica last took a batch,
 	// heartbeat or snapshot of the active's stream (Unix nanoseconds).
 	heard      atomic.Int64
@@ -219,6 +226,47 @@ func (r *Replica) setReplicating(on bool) {
 // Replicating tells whether, as the active, this replica's batches reach
 // the standby.
 func (r *Replica) Replicating() bool { return r.replicating.Load() }
+
+// The local database's upkeep passes through to it, so the lease database
+// on top of the active checkpoints it, starts its WAL over and probes the
+// disk during a fault as on a single server (none of it is replicated).
+
+// Checkpoint runs a checkpoint of the local database.
+func (r *Replica) Checkpoint(ctx context.Context) (walPages, copied int, err error) {
+	if c, ok := r.local.(interface {
+		Checkpoint(context.Context) (int, int, error)
+	}); ok {
+		return c.Checkpoint(ctx)
+	}
+	return 0, 0, nil
+}
+
+// WALSize is the size of the local database's WAL.
+func (r *Replica) WALSize() int64 {
+	if c, ok := r.local.(interface{ WALSize() int64 }); ok {
+		return c.WALSize()
+	}
+	return 0
+}
+
+// RestartWAL starts the local database's WAL over (between batches: the
+// committer calls it after Apply).
+func (r *Replica) RestartWAL(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w, ok := r.local.(interface{ RestartWAL(context.Context) error }); ok {
+		return w.RestartWAL(ctx)
+	}
+	return nil
+}
+
+// Probe makes one durable write to the local database.
+func (r *Replica) Probe(ctx context.Context) error {
+	if p, ok := r.local.(interface{ Probe(context.Context) error }); ok {
+		return p.Probe(ctx)
+	}
+	return nil
+}
 
 // Load implements leasedb.Store.
 func (r *Replica) Load(ctx context.Context) ([]leasedb.Lease, error) { return r.local.Load(ctx) }
@@ -404,6 +452,12 @@ func (r *Replica) receive(w http.ResponseWriter, req *http.Request) {
 	case b.Epoch < r.epoch || b.Epoch < r.election.Epoch():
 		http.Error(w, fmt.Sprintf("epoch %d is older than %d", b.Epoch, max(r.epoch, r.election.Epoch())), http.StatusConflict)
 		return
+	default:
+		// An active of this or a newer epoch is there, whatever becomes of
+		// its batch.
+		r.heard.Store(time.Now().UnixNano())
+	}
+	switch {
 	case !r.synced || b.Epoch > r.epoch || b.Stream != r.stream || len(b.Changes) == 0 && b.Seq != r.seq || len(b.Changes) > 0 && b.Seq != r.seq+1:
 		// Behind (or the active started over): every batch the active
 		// applied alone must be here before this replica is in sync.
@@ -421,7 +475,20 @@ func (r *Replica) receive(w http.ResponseWriter, req *http.Request) {
 	}
 	r.seq = b.Seq
 	r.heard.Store(time.Now().UnixNano())
+	r.boundStandbyWAL()
 	w.WriteHeader(http.StatusOK)
+}
+
+// boundStandbyWAL starts the standby's WAL over every
+// standbyWALRestartEvery batches, between two of them; r.mu is held. A
+// failure is retried at the next batch.
+func (r *Replica) boundStandbyWAL() {
+	r.appliedSinceWALRestart++
+	if w, ok := r.local.(interface{ RestartWAL(context.Context) error }); ok && r.appliedSinceWALRestart >= standbyWALRestartEvery {
+		if w.RestartWAL(context.Background()) == nil {
+			r.appliedSinceWALRestart = 0
+		}
+	}
 }
 
 // Heard is when, as the standby, this replica last took part of the

@@ -126,7 +126,7 @@ func (c *committer) signal() {
 func (c *committer) wait(ctx context.Context, ticket uint64) error {
 	c.mu.Lock()
 	if c.durable >= ticket {
-		unreplicated := ticket <= c.unreplicatedUpTo
+		unreplicated := ticket > 0 && ticket <= c.unreplicatedUpTo
 		c.mu.Unlock()
 		if unreplicated {
 			return ErrUnreplicated

@@ -330,11 +330,9 @@ func TestPairKillSeriesUnderLoad(t *testing.T) {
 
 	acks := capture.acks()
 	require.NotEmpty(t, acks)
-	owner := map[string]string{}
+	auditACKs(t, acks)
+	owner := map[string]string{} // the last client each address was ACKed to
 	for _, a := range acks {
-		if prev, ok := owner[a.ip]; ok && prev != a.mac {
-			t.Errorf("%s was ACKed to %s and, by %s at %s, to %s", a.ip, prev, a.server, a.at.Format(time.StampMicro), a.mac)
-		}
 		owner[a.ip] = a.mac
 	}
 	final := storedBound(t, activeOne.database)
@@ -558,13 +556,12 @@ func TestTakeoverFromALoneActiveWaitsOutTheMCLT(t *testing.T) {
 	t.Logf("after a takeover from a lone active, a new client was served %s after the kill", served.Round(time.Millisecond))
 
 	time.Sleep(500 * time.Millisecond) // the capture's last lines
-	owner := map[string]string{}
-	for _, a := range capture.acks() {
-		if prev, ok := owner[a.ip]; ok && prev != a.mac {
-			t.Errorf("%s was ACKed to %s and to %s", a.ip, prev, a.mac)
-		}
-		owner[a.ip] = a.mac
+	acks := capture.acks()
+	require.NotEmpty(t, acks)
+	for _, a := range acks {
+		require.Positive(t, a.lease, "the capture shows each ACK's lease time")
 	}
+	auditACKs(t, acks)
 }
 
 // TestActiveCutFromTheAPIHandsOver: the active loses its way to the API
@@ -672,6 +669,25 @@ func (p *pairBed) captureDHCP() *dhcpCapture {
 type ack struct {
 	at              time.Time
 	server, ip, mac string
+	lease           time.Duration
+}
+
+// auditACKs reports every address ACKed to a client while another
+// client's lease on it, as ACKed on the wire, had not ended.
+func auditACKs(t *testing.T, acks []ack) {
+	t.Helper()
+	type holder struct {
+		mac   string
+		until time.Time
+	}
+	held := map[string]holder{}
+	for _, a := range acks {
+		if h, ok := held[a.ip]; ok && h.mac != a.mac && a.at.Before(h.until) {
+			t.Errorf("%s was ACKed to %s until %s and, by %s at %s, to %s", a.ip, h.mac, h.until.Format(time.StampMicro),
+				a.server, a.at.Format(time.StampMicro), a.mac)
+		}
+		held[a.ip] = holder{mac: a.mac, until: a.at.Add(a.lease)}
+	}
 }
 
 // acks returns every DHCPACK on the wire, in order.
@@ -702,6 +718,12 @@ func (c *dhcpCapture) acks() []ack {
 			cur.ip = strings.TrimPrefix(trimmed, "Your-IP ")
 		case strings.HasPrefix(trimmed, "Client-Ethernet-Address "):
 			cur.mac = strings.TrimPrefix(trimmed, "Client-Ethernet-Address ")
+		case strings.HasPrefix(trimmed, "Lease-Time (51)"):
+			// "Lease-Time (51), length 4: 600"
+			if _, seconds, ok := strings.Cut(trimmed, ": "); ok {
+				n, _ := strconv.Atoi(seconds)
+				cur.lease = time.Duration(n) * time.Second
+			}
 		case strings.Contains(trimmed, "DHCP-Message (53)") && strings.HasSuffix(trimmed, "ACK"):
 			isACK = true
 		}

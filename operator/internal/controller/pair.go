@@ -33,10 +33,11 @@ const pairCertificateLifetime = 10 * 365 * 24 * time.Hour
 // empty, so hyperdhcpd needs no create right) and a Service per replica for
 // replication. Without highAvailability it removes them with the second
 // replica's Deployment and ConfigMap; that replica's lease volume stays
-// (owned by the Server), for when the pair comes back.
-func (r *ServerReconciler) reconcilePair(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
+// (owned by the Server), for when the pair comes back. It returns who holds
+// the Lease now ("" if nobody or unknown).
+func (r *ServerReconciler) reconcilePair(ctx context.Context, server *hyperdhcpv1beta1.Server) (holder string, err error) {
 	if server.Spec.HighAvailability == nil {
-		return r.removePair(ctx, server)
+		return "", r.removePair(ctx, server)
 	}
 	// Read past the cache: the operator watches neither Secrets nor Leases
 	// (hyperdhcpd renews the Lease every few seconds).
@@ -45,34 +46,39 @@ func (r *ServerReconciler) reconcilePair(ctx context.Context, server *hyperdhcpv
 	case apierrors.IsNotFound(err):
 		caPEM, certPEM, keyPEM, err := newPairCertificates(server)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if err := r.createOwned(ctx, server, render.PairSecret(server, caPEM, certPEM, keyPEM)); err != nil {
-			return err
+			return "", err
 		}
 	case err != nil:
-		return fmt.Errorf("get Secret %s: %w", render.PairSecretName(server), err)
+		return "", fmt.Errorf("get Secret %s: %w", render.PairSecretName(server), err)
 	}
-	switch err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: server.Namespace, Name: render.Name(server)}, &coordinationv1.Lease{}); {
+	lease := &coordinationv1.Lease{}
+	switch err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: server.Namespace, Name: render.Name(server)}, lease); {
 	case apierrors.IsNotFound(err):
 		if err := r.createOwned(ctx, server, render.Lease(server)); err != nil {
-			return err
+			return "", err
 		}
 	case err != nil:
-		return fmt.Errorf("get Lease %s: %w", render.Name(server), err)
+		return "", fmt.Errorf("get Lease %s: %w", render.Name(server), err)
+	case lease.Spec.HolderIdentity != nil:
+		holder = *lease.Spec.HolderIdentity
 	}
 	for _, replica := range render.Replicas(server) {
 		desired := render.Service(server, replica)
 		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: desired.Name, Namespace: desired.Namespace}}
 		if err := r.apply(ctx, server, svc, true, func() error {
 			setMeta(svc, desired)
-			svc.Spec.Selector, svc.Spec.Ports = desired.Spec.Selector, desired.Spec.Ports // clusterIP is the API server's
+			// clusterIP is the API server's
+			svc.Spec.Selector, svc.Spec.Ports = desired.Spec.Selector, desired.Spec.Ports
+			svc.Spec.PublishNotReadyAddresses = desired.Spec.PublishNotReadyAddresses
 			return nil
 		}); err != nil {
-			return err
+			return "", err
 		}
 	}
-	return nil
+	return holder, nil
 }
 
 func (r *ServerReconciler) createOwned(ctx context.Context, server *hyperdhcpv1beta1.Server, obj client.Object) error {

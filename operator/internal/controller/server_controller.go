@@ -243,46 +243,57 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 	var (
 		deployments       []*appsv1.Deployment
 		attachmentMissing string
+		leaseHolder       string
 		// heldBack is the active replica's Deployment whose new pod
 		// template waits for the standby's (a pair rolls one at a time).
 		heldBack string
 		// standbyRolledOut: the standby's Deployment runs its current
 		// template, available (its pod is ready once it is in sync).
-		standbyRolledOut = true
+		standbyRolledOut bool
 	)
-	phases := []struct {
-		name string
-		run  func() error
-	}{
+	// Every phase runs even when an earlier one failed, so one broken child
+	// neither hides the others' errors nor holds back their repair.
+	var errs []error
+	run := func(phases []phase) {
+		for _, p := range phases {
+			if err := p.run(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", p.name, err))
+			}
+		}
+	}
+	run([]phase{
 		{"ServiceAccount", func() error { return r.reconcileServiceAccount(ctx, server) }},
 		{"RBAC", func() error { return r.reconcileRBAC(ctx, server, grant) }},
-		{"Pair", func() error { return r.reconcilePair(ctx, server) }},
+		{"Pair", func() (err error) { leaseHolder, err = r.reconcilePair(ctx, server); return err }},
 		{"NetworkAttachment", func() (err error) { attachmentMissing, err = r.checkNetworkAttachment(ctx, server); return err }},
-	}
-	active := activeReplica(server)
+	})
+	// A pair rolls one replica at a time, the standby first: the active's
+	// pod template waits until the standby's Deployment is available.
+	active := activeReplica(server, leaseHolder)
+	var replicaPhases []phase
 	for _, replica := range standbyFirst(render.Replicas(server), active) {
 		var configHash string
 		suffix := ""
 		if replica.Index > 0 {
 			suffix = fmt.Sprintf(" (replica %d)", replica.Index)
 		}
-		phases = append(phases, []struct {
-			name string
-			run  func() error
-		}{
+		isActive := server.Spec.HighAvailability != nil && replica.Index == active
+		replicaPhases = append(replicaPhases, []phase{
 			{"ConfigMap" + suffix, func() (err error) {
 				configHash, err = r.reconcileConfigMap(ctx, render.WatchOnly(server, grant.Namespaces, grant.Cluster), replica)
 				return err
 			}},
 			{"PersistentVolumeClaim" + suffix, func() error { return r.reconcilePVC(ctx, server, replica) }},
 			{"Deployment" + suffix, func() error {
+				if !isActive {
+					standbyRolledOut = false // until shown below
+				}
 				if configHash == "" {
 					// The ConfigMap phase failed and says why. A pod rolled now
 					// would read the old configuration and not restart when the
 					// new one is written (the hash would not change again).
 					return nil
 				}
-				isActive := active == replica.Index
 				d, held, err := r.reconcileDeployment(ctx, server, replica, configHash, isActive && !standbyRolledOut)
 				if d != nil && err == nil {
 					deployments = append(deployments, d)
@@ -290,21 +301,14 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 				if held {
 					heldBack = d.Name
 				}
-				if !isActive && active >= 0 {
+				if !isActive {
 					standbyRolledOut = err == nil && d != nil && rolledOut(d) && d.Status.AvailableReplicas > 0
 				}
 				return err
 			}},
 		}...)
 	}
-	// Every phase runs even when an earlier one failed, so one broken child
-	// neither hides the others' errors nor holds back their repair.
-	var errs []error
-	for _, phase := range phases {
-		if err := phase.run(); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", phase.name, err))
-		}
-	}
+	run(replicaPhases)
 	var result ctrl.Result
 	var replicaProblems []problem
 	if len(deployments) > 0 {
@@ -618,6 +622,12 @@ func (r *ServerReconciler) reconcilePVC(ctx context.Context, server *hyperdhcpv1
 // template; kept, or every restart would be followed by a second rollout.
 const restartedAtAnnotation = "kubectl.kubernetes.io/restartedAt"
 
+// phase is one named step of a reconcile.
+type phase struct {
+	name string
+	run  func() error
+}
+
 // reconcileDeployment makes the live Deployment's spec equal to the
 // rendered one, everywhere: a server-side dry run fills in the API server's
 // defaults, so the rendered spec compares equal to an unchanged live one
@@ -647,7 +657,10 @@ func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hype
 		if err := r.Update(ctx, dryRun, client.DryRunAll); err != nil {
 			return fmt.Errorf("default the rendered Deployment (dry run): %w", err)
 		}
-		held = holdTemplate && !apiequality.Semantic.DeepEqual(d.Spec.Template, dryRun.Spec.Template)
+		// An active that serves nobody has nothing to keep: it rolls (a
+		// fix for a crashing image must not wait for a standby that cannot
+		// catch up without it).
+		held = holdTemplate && d.Status.AvailableReplicas > 0 && !apiequality.Semantic.DeepEqual(d.Spec.Template, dryRun.Spec.Template)
 		if held {
 			dryRun.Spec.Template = d.Spec.Template
 		}
@@ -657,19 +670,20 @@ func (r *ServerReconciler) reconcileDeployment(ctx context.Context, server *hype
 	return d, held, err
 }
 
-// activeReplica is the index of the pair's replica that status names
-// active, or -1.
-func activeReplica(server *hyperdhcpv1beta1.Server) int {
-	ha := server.Status.HighAvailability
-	if ha == nil || server.Spec.HighAvailability == nil {
-		return -1
+// activeReplica is the index of the pair's active replica: the Lease's
+// holder, else the one status last named, else replica 0 (so that a pair
+// whose active is unknown still rolls one replica at a time).
+func activeReplica(server *hyperdhcpv1beta1.Server, leaseHolder string) int {
+	name := leaseHolder
+	if ha := server.Status.HighAvailability; name == "" && ha != nil {
+		name = ha.Active
 	}
 	for _, replica := range render.Replicas(server) {
-		if render.ReplicaName(server, replica) == ha.Active {
+		if render.ReplicaName(server, replica) == name {
 			return replica.Index
 		}
 	}
-	return -1
+	return 0
 }
 
 // standbyFirst orders the replicas so the standby's objects are
