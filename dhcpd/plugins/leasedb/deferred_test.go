@@ -11,18 +11,23 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// deferredAnswer returns d's answer to a request, as the chain would ask.
+func deferredAnswer(t *testing.T, d *Deferred) func(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+	return func(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+		resp, err := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
+		require.NoError(t, err)
+		out, _ := d.Handler4(req, resp)
+		return out
+	}
+}
+
 // TestDeferredACKsAreSentOnlyWhenDurable: the deferring handler decides
 // ACKs in memory; Durable writes a whole batch with one commit and lets
 // out only the ACKs whose leases are in the store.
 func TestDeferredACKsAreSentOnlyWhenDurable(t *testing.T) {
 	h, store := newFaultyHarness(t, nil)
 	d := h.db.Deferred(false)
-	answer := func(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
-		resp, err := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
-		require.NoError(t, err)
-		out, _ := d.Handler4(req, resp)
-		return out
-	}
+	answer := deferredAnswer(t, d)
 
 	var reqs []*dhcpv4.DHCPv4
 	for i := range byte(4) {
@@ -83,9 +88,7 @@ func TestACKsWrittenWithoutTheReplica(t *testing.T) {
 	h, store := newFaultyHarness(t, nil)
 	d := h.db.Deferred(false)
 	answer := func(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
-		resp, err := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
-		require.NoError(t, err)
-		out, _ := d.Handler4(req, resp)
+		out := deferredAnswer(t, d)(req)
 		require.NotNil(t, out)
 		return out
 	}

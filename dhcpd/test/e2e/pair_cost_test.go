@@ -26,6 +26,9 @@ type sweepStep struct {
 	lost               float64 // % of DISCOVERs without an ACK
 	ackP50, ackP99     time.Duration
 	offerP50, offerP99 time.Duration
+	// cpu is each server process's CPU time (user + system) per completed
+	// exchange during the step.
+	cpu []time.Duration
 }
 
 // passed: under 1% lost and at least 95% of the offered rate, as make
@@ -33,19 +36,43 @@ type sweepStep struct {
 func (s sweepStep) passed() bool { return s.lost < 1 && s.achieved >= 0.95*float64(s.rate) }
 
 func (s sweepStep) String() string {
-	return fmt.Sprintf("%5d/s: achieved %7.1f/s, lost %5.2f%%, DISCOVER->OFFER p50/p99 %s / %s, REQUEST->ACK p50/p99 %s / %s",
+	return fmt.Sprintf("%5d/s: achieved %7.1f/s, lost %5.2f%%, DISCOVER->OFFER p50/p99 %s / %s, REQUEST->ACK p50/p99 %s / %s, CPU per exchange %v",
 		s.rate, s.achieved, s.lost, s.offerP50.Round(time.Microsecond), s.offerP99.Round(time.Microsecond),
-		s.ackP50.Round(time.Microsecond), s.ackP99.Round(time.Microsecond))
+		s.ackP50.Round(time.Microsecond), s.ackP99.Round(time.Microsecond), s.cpu)
+}
+
+// cpuTime is a process's CPU time so far (user + system, /proc/PID/stat).
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	require.NoError(t, err)
+	// After the command name, which is in parentheses and may hold spaces:
+	// state is the first field, utime and stime the 12th and 13th.
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	user, _ := strconv.ParseInt(fields[11], 10, 64)
+	system, _ := strconv.ParseInt(fields[12], 10, 64)
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	return time.Duration(user+system) * time.Second / ticksPerSecond
 }
 
 // perfdhcpStep runs perfdhcp from namespace ns against server at rate for
-// seconds, with timestamps of every exchange (-x t) for the percentiles.
-func perfdhcpStep(t *testing.T, ns, macsFile, server string, rate, seconds int) sweepStep {
+// seconds, with timestamps of every exchange (-x t) for the percentiles,
+// and measures the CPU the processes pids used.
+func perfdhcpStep(t *testing.T, ns, macsFile, server string, rate, seconds int, pids []int) sweepStep {
 	t.Helper()
+	var before []time.Duration
+	for _, pid := range pids {
+		before = append(before, cpuTime(t, pid))
+	}
 	out, _ := exec.Command("ip", "netns", "exec", ns, "perfdhcp", "-4", "-r", strconv.Itoa(rate), "-p", strconv.Itoa(seconds),
 		"-W", "1000000", "-s", "1", "-x", "t", "-M", macsFile, server).CombinedOutput()
 	stats := parsePerfdhcp(t, string(out))
 	step := sweepStep{rate: rate, achieved: float64(stats["REQUEST-ACK"].received) / float64(seconds)}
+	for i, pid := range pids {
+		if exchanges := stats["REQUEST-ACK"].received; exchanges > 0 {
+			step.cpu = append(step.cpu, ((cpuTime(t, pid) - before[i]) / time.Duration(exchanges)).Round(time.Microsecond))
+		}
+	}
 	if sent := stats["DISCOVER-OFFER"].sent; sent > 0 {
 		step.lost = 100 * (1 - float64(stats["REQUEST-ACK"].received)/float64(sent))
 	} else {
@@ -80,12 +107,12 @@ func percentile(ds []time.Duration, p int) time.Duration {
 }
 
 // sweep runs the rates in order until two steps in a row fail.
-func sweep(t *testing.T, name, ns, macsFile, server string, rates []int, seconds int) []sweepStep {
+func sweep(t *testing.T, name, ns, macsFile, server string, rates []int, seconds int, pids []int) []sweepStep {
 	t.Helper()
 	var steps []sweepStep
 	failures := 0
 	for _, rate := range rates {
-		step := perfdhcpStep(t, ns, macsFile, server, rate, seconds)
+		step := perfdhcpStep(t, ns, macsFile, server, rate, seconds, pids)
 		t.Logf("%-7s %s", name, step)
 		steps = append(steps, step)
 		if failures = failures + 1; step.passed() {
@@ -149,11 +176,12 @@ func TestPairReplicationCost(t *testing.T) {
 	require.NoError(t, os.WriteFile(singleConfig, data, 0o600))
 	cmd, exited := startServing(t, filepath.Join(p.dir, "single.log"), "ip", "netns", "exec", p.serverNS, hyperdhcpd, "serve",
 		"--config", singleConfig, "--log-level", p.logLevel)
-	alone := sweep(t, "single", load.ns, macsFile, "192.168.50.2", rates, seconds)
+	alone := sweep(t, "single", load.ns, macsFile, "192.168.50.2", rates, seconds, []int{cmd.Process.Pid})
 	stopServing(cmd, exited, syscall.SIGTERM)
 
 	p.up()
-	pair := sweep(t, "pair", load.ns, macsFile, "192.168.50.2", rates, seconds)
+	// CPU: the active's, then the standby's.
+	pair := sweep(t, "pair", load.ns, macsFile, "192.168.50.2", rates, seconds, []int{p.server.Process.Pid, p.process1.Process.Pid})
 	if n := countIn(p.logPath, "going on alone"); n > 0 {
 		t.Logf("the active went on alone %d times during the sweep (the standby missed a 1 s round trip)", n)
 	}
@@ -186,6 +214,11 @@ func TestPairReplicationCost(t *testing.T) {
 	summary := fmt.Sprintf("replication cost, %d s per step: highest 4-way rate with <1%% lost: single %d/s, pair %d/s", seconds, a.rate, b.rate)
 	if a.rate > 0 {
 		summary += fmt.Sprintf(" (pair/single %.2f)", float64(b.rate)/float64(a.rate))
+	}
+	if s1, ok := at(alone, 1000); ok {
+		if s2, ok := at(pair, 1000); ok {
+			summary += fmt.Sprintf("; CPU per exchange at 1000/s: single %v, pair (active, standby) %v", s1.cpu, s2.cpu)
+		}
 	}
 	if s1, ok := at(alone, 1000); ok {
 		if s2, ok := at(pair, 1000); ok {
