@@ -124,8 +124,8 @@ func TestPairFailsOverWithoutLosingAnAcknowledgedLease(t *testing.T) {
 	oldEpoch := a.election.Epoch()
 	stopped := time.Now()
 	a.stop()
-	require.Eventually(t, func() bool { return b.election.Fresh(time.Now()) }, LeaseDuration+3*RetryPeriod+2*time.Second, 20*time.Millisecond,
-		"the standby takes over")
+	require.Eventually(t, func() bool { return b.election.Fresh(time.Now()) && b.activated.Load() == b.election.Epoch() },
+		LeaseDuration+3*RetryPeriod+2*time.Second, 20*time.Millisecond, "the standby takes over (and is activated in its epoch)")
 	t.Logf("takeover %s after the active stopped", time.Since(stopped).Round(time.Millisecond))
 	assert.Greater(t, b.election.Epoch(), oldEpoch)
 	assert.ErrorIs(t, a.Apply(ctx, []leasedb.Change{lease("192.168.50.103", 4)}), ErrNotActive, "a former active acknowledges nothing")
