@@ -91,20 +91,50 @@ func (r *ServerReconciler) createOwned(ctx context.Context, server *hyperdhcpv1b
 	return nil
 }
 
-// removePair deletes what only a pair needs.
+// removePair deletes what only a pair needs, once there is a sign of it:
+// one of the second replica's objects in the cache, controlled by server.
+// (Without that check every reconcile of every single Server would send
+// six deletes.) Only objects server controls are deleted: another Server
+// may be named like the second replica (a Server "lab-1" beside "lab").
 func (r *ServerReconciler) removePair(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
-	second := render.Replica{Index: 1}
-	name := func(n string) metav1.ObjectMeta { return metav1.ObjectMeta{Namespace: server.Namespace, Name: n} }
-	for _, obj := range []client.Object{
-		&appsv1.Deployment{ObjectMeta: name(render.ReplicaName(server, second))},
-		&corev1.ConfigMap{ObjectMeta: name(render.ReplicaName(server, second))},
-		&corev1.Service{ObjectMeta: name(render.ReplicaName(server, second))},
-		&corev1.Service{ObjectMeta: name(render.Name(server))},
-		&corev1.Secret{ObjectMeta: name(render.PairSecretName(server))},
-		&coordinationv1.Lease{ObjectMeta: name(render.Name(server))},
+	second := render.ReplicaName(server, render.Replica{Index: 1})
+	key := func(n string) client.ObjectKey { return client.ObjectKey{Namespace: server.Namespace, Name: n} }
+	cached := []client.Object{&appsv1.Deployment{}, &corev1.ConfigMap{}, &corev1.Service{}}
+	found := false
+	for _, obj := range cached {
+		if err := r.Get(ctx, key(second), obj); err == nil && metav1.IsControlledBy(obj, server) {
+			found = true
+		} else if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("get %T %s: %w", obj, second, err)
+		}
+	}
+	if !found {
+		return nil
+	}
+	for _, o := range []struct {
+		obj  client.Object
+		name string
+	}{
+		// The objects found above go last: a removal that fails half-way
+		// leaves the sign that has it retried.
+		{&corev1.Secret{}, render.PairSecretName(server)},
+		{&coordinationv1.Lease{}, render.Name(server)},
+		{&corev1.Service{}, render.Name(server)},
+		{&corev1.Service{}, second},
+		{&corev1.ConfigMap{}, second},
+		{&appsv1.Deployment{}, second},
 	} {
-		if err := r.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("delete %T %s: %w", obj, obj.GetName(), err)
+		// Past the cache: Secrets and Leases are not watched.
+		switch err := r.APIReader.Get(ctx, key(o.name), o.obj); {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return fmt.Errorf("get %T %s: %w", o.obj, o.name, err)
+		case !metav1.IsControlledBy(o.obj, server):
+			continue
+		}
+		if err := r.Delete(ctx, o.obj, client.Preconditions{UID: new(o.obj.GetUID())}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete %T %s: %w", o.obj, o.name, err)
 		}
 	}
 	return nil

@@ -673,3 +673,23 @@ func TestPairRollsTheStandbyFirst(t *testing.T) {
 	markAvailable(t, standby) // the new pod is ready: it has caught up
 	eventually(t, active, key(ns, name), func() bool { return image(active) == "registry.example/hyperdhcpd:next" }, "then the active rolls")
 }
+
+// TestSingleServerLeavesAServerNamedLikeItsSecondReplica: Server "lab"
+// without a pair never deletes objects named as its second replica would
+// be ("hyperdhcpd-lab-1") when another Server ("lab-1") owns them.
+func TestSingleServerLeavesAServerNamedLikeItsSecondReplica(t *testing.T) {
+	ns := newNamespace(t)
+	lab := newServer(t, ns, "lab", nil)
+	neighbour := newServer(t, ns, "lab-1", func(s *hyperdhcpv1beta1.ServerSpec) {
+		s.ServerIP = "192.168.60.2/24"
+		s.Pools = []hyperdhcpv1beta1.AddressRange{{Start: "192.168.60.100", End: "192.168.60.199"}}
+	})
+	d := &appsv1.Deployment{}
+	eventually(t, d, key(ns, render.Name(neighbour)), func() bool { return true }, "the neighbour's Deployment")
+	uid := d.UID
+	updateServer(t, lab, func(s *hyperdhcpv1beta1.ServerSpec) { s.DNS = []hyperdhcpv1beta1.IPv4Address{"192.168.50.53"} })
+	cm := &corev1.ConfigMap{}
+	eventually(t, cm, key(ns, render.Name(lab)), func() bool { return strings.Contains(cm.Data[render.ConfigKey], "192.168.50.53") }, "lab reconciled")
+	require.NoError(t, admin.Get(t.Context(), key(ns, render.Name(neighbour)), d))
+	assert.Equal(t, uid, d.UID, "the neighbour's Deployment is untouched")
+}
