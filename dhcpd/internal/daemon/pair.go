@@ -115,7 +115,7 @@ type pairHooks struct {
 // replica calls once it answers no more: an active gives its Lease up, so
 // the standby takes over at its next try (a rolling update); and behind,
 // which tells whether, as the standby, it has yet to catch up.
-func startReplica(ctx context.Context, cfg *config.Config, store leasedb.Store, gate *activeGate, hooks pairHooks,
+func startReplica(ctx context.Context, cfg *config.Config, store *leasedb.SQLiteStore, gate *activeGate, hooks pairHooks,
 	metrics *server.Metrics, log *slog.Logger) (report func() *hyperdhcpv1beta1.HighAvailabilityStatus, handOver func(), behind func() bool, err error) {
 	activate, current, lost := hooks.activate, hooks.current, hooks.lost
 	pair, k := cfg.HighAvailability, cfg.Kubernetes

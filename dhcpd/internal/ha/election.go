@@ -252,22 +252,18 @@ func (l *trackedLock) setLabel(ctx context.Context, key, value string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	// Read it again: the elector's last read may be of the other
-	// replica's record, which this write must never put back to ours.
-	current, _, err := l.inner.Get(ctx)
-	if err != nil {
-		return fmt.Errorf("label the Lease: %w", err)
-	}
-	if current.HolderIdentity != l.inner.Identity() || current.LeaderTransitions != l.last.LeaderTransitions {
-		return fmt.Errorf("not holding the Lease")
-	}
 	// The lock writes its Labels with every renewal too: a label that
 	// could not be written must not be written later by a renewal.
 	previous := l.inner.Labels
 	l.inner.Labels = map[string]string{key: value}
-	if err := l.inner.Update(ctx, *current); err != nil {
+	ours, err := l.updateOwnRecord(ctx, func(*resourcelock.LeaderElectionRecord) {})
+	switch {
+	case err != nil:
 		l.inner.Labels = previous
 		return fmt.Errorf("label the Lease %s=%s: %w", key, value, err)
+	case !ours:
+		l.inner.Labels = previous
+		return fmt.Errorf("not holding the Lease")
 	}
 	return nil
 }
@@ -282,17 +278,28 @@ func (l *trackedLock) release(ctx context.Context) (bool, error) {
 	if l.last == nil {
 		return false, nil
 	}
+	return l.updateOwnRecord(ctx, func(record *resourcelock.LeaderElectionRecord) {
+		record.LeaseDurationSeconds = 1
+		record.RenewTime = metav1.Now()
+	})
+}
+
+// updateOwnRecord writes the Lease again with change applied, if it still
+// holds the record this replica last wrote (its holder, same transition
+// count), and reports whether it did. It reads the Lease first: the
+// elector's last read may be of the other replica's record, which this
+// write must never put back to ours. l.mu is held.
+func (l *trackedLock) updateOwnRecord(ctx context.Context, change func(*resourcelock.LeaderElectionRecord)) (bool, error) {
 	current, _, err := l.inner.Get(ctx)
 	if err != nil {
-		return false, fmt.Errorf("read the Lease to give it up: %w", err)
+		return false, fmt.Errorf("read the Lease: %w", err)
 	}
 	if current.HolderIdentity != l.inner.Identity() || current.LeaderTransitions != l.last.LeaderTransitions {
 		return false, nil
 	}
-	current.LeaseDurationSeconds = 1
-	current.RenewTime = metav1.Now()
+	change(current)
 	if err := l.inner.Update(ctx, *current); err != nil {
-		return false, fmt.Errorf("give the Lease up: %w", err)
+		return false, err
 	}
 	return true, nil
 }

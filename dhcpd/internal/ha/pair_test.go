@@ -42,7 +42,7 @@ func freeAddr(t *testing.T) string {
 type replicaUnderTest struct {
 	*Replica
 	election *Election
-	store    leasedb.Store
+	store    *leasedb.SQLiteStore
 	addr     string
 	stop     context.CancelFunc
 }

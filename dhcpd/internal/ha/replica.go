@@ -73,7 +73,7 @@ type TLSFiles struct {
 // together. As the standby it serves the active's batches (ServeHTTP) into
 // the local database.
 type Replica struct {
-	local    leasedb.Store
+	local    *leasedb.SQLiteStore
 	election *Election
 	peerURL  string
 	client   *http.Client
@@ -105,7 +105,8 @@ type Replica struct {
 	// daemon caps lease times while they do not.
 	OnReplicating func(replicating bool)
 
-	// replicated counts batches the standby confirmed, for the lag metric.
+	// lastConfirmed is when the standby last confirmed a batch or
+	// heartbeat (Unix nanoseconds), for the lag metric.
 	lastConfirmed atomic.Int64
 	// appliedSinceWALRestart counts the standby's batches; r.mu is held.
 	appliedSinceWALRestart int
@@ -117,12 +118,13 @@ type Replica struct {
 
 // NewReplica returns the replica of local, whose peer is at peerURL
 // (https://host:port), authenticated by files.
-func NewReplica(local leasedb.Store, election *Election, peerURL string, files TLSFiles, log *slog.Logger) (*Replica, error) {
+func NewReplica(local *leasedb.SQLiteStore, election *Election, peerURL string, files TLSFiles, log *slog.Logger) (*Replica, error) {
 	config, err := pairTLS(files)
 	if err != nil {
 		return nil, err
 	}
-	transport := &http.Transport{TLSClientConfig: config, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}
+	// HTTP/1.1 over one kept-alive connection: a batch at a time.
+	transport := &http.Transport{TLSClientConfig: config, MaxIdleConnsPerHost: 4}
 	r := &Replica{
 		local: local, election: election, peerURL: peerURL, log: log,
 		client: &http.Client{Transport: transport, Timeout: peerTimeout},
@@ -233,40 +235,22 @@ func (r *Replica) Replicating() bool { return r.replicating.Load() }
 
 // Checkpoint runs a checkpoint of the local database.
 func (r *Replica) Checkpoint(ctx context.Context) (walPages, copied int, err error) {
-	if c, ok := r.local.(interface {
-		Checkpoint(context.Context) (int, int, error)
-	}); ok {
-		return c.Checkpoint(ctx)
-	}
-	return 0, 0, nil
+	return r.local.Checkpoint(ctx)
 }
 
 // WALSize is the size of the local database's WAL.
-func (r *Replica) WALSize() int64 {
-	if c, ok := r.local.(interface{ WALSize() int64 }); ok {
-		return c.WALSize()
-	}
-	return 0
-}
+func (r *Replica) WALSize() int64 { return r.local.WALSize() }
 
-// RestartWAL starts the local database's WAL over (between batches: the
-// committer calls it after Apply).
+// RestartWAL starts the local database's WAL over; the committer calls it
+// after Apply, and the lock keeps a standby's batch from racing it.
 func (r *Replica) RestartWAL(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if w, ok := r.local.(interface{ RestartWAL(context.Context) error }); ok {
-		return w.RestartWAL(ctx)
-	}
-	return nil
+	return r.local.RestartWAL(ctx)
 }
 
 // Probe makes one durable write to the local database.
-func (r *Replica) Probe(ctx context.Context) error {
-	if p, ok := r.local.(interface{ Probe(context.Context) error }); ok {
-		return p.Probe(ctx)
-	}
-	return nil
-}
+func (r *Replica) Probe(ctx context.Context) error { return r.local.Probe(ctx) }
 
 // Load implements leasedb.Store.
 func (r *Replica) Load(ctx context.Context) ([]leasedb.Lease, error) { return r.local.Load(ctx) }
@@ -277,9 +261,10 @@ func (r *Replica) Close() error { return nil }
 
 // Apply implements leasedb.Store for the active: the batch is written to
 // the local database and sent to the standby at once, and Apply succeeds
-// only when both have it. Written only here (the standby away, the Lease
-// saying so first), it returns leasedb.ErrUnreplicated. It fails while this replica's Lease is not
-// fresh, before and after the write, so no ACK leaves a former active.
+// only when both have it. Written only here (the standby away; the Lease
+// is labelled first), it returns leasedb.ErrUnreplicated. It fails while
+// this replica's Lease is not fresh, before and after the write, so no ACK
+// leaves a former active.
 func (r *Replica) Apply(ctx context.Context, changes []leasedb.Change) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -484,10 +469,8 @@ func (r *Replica) receive(w http.ResponseWriter, req *http.Request) {
 // failure is retried at the next batch.
 func (r *Replica) boundStandbyWAL() {
 	r.appliedSinceWALRestart++
-	if w, ok := r.local.(interface{ RestartWAL(context.Context) error }); ok && r.appliedSinceWALRestart >= standbyWALRestartEvery {
-		if w.RestartWAL(context.Background()) == nil {
-			r.appliedSinceWALRestart = 0
-		}
+	if r.appliedSinceWALRestart >= standbyWALRestartEvery && r.local.RestartWAL(context.Background()) == nil {
+		r.appliedSinceWALRestart = 0
 	}
 }
 

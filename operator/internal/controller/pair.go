@@ -99,7 +99,8 @@ func (r *ServerReconciler) createOwned(ctx context.Context, server *hyperdhcpv1b
 func (r *ServerReconciler) removePair(ctx context.Context, server *hyperdhcpv1beta1.Server) error {
 	second := render.ReplicaName(server, render.Replica{Index: 1})
 	key := func(n string) client.ObjectKey { return client.ObjectKey{Namespace: server.Namespace, Name: n} }
-	cached := []client.Object{&appsv1.Deployment{}, &corev1.ConfigMap{}, &corev1.Service{}}
+	// Kinds the controller owns, so in its cache already.
+	cached := []client.Object{&appsv1.Deployment{}, &corev1.ConfigMap{}}
 	found := false
 	for _, obj := range cached {
 		if err := r.Get(ctx, key(second), obj); err == nil && metav1.IsControlledBy(obj, server) {
