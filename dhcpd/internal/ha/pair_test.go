@@ -2,8 +2,10 @@ package ha
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"net"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -115,10 +117,18 @@ func TestPairFailsOverWithoutLosingAnAcknowledgedLease(t *testing.T) {
 	assert.Equal(t, stored(t, a.store), stored(t, b.store), "an applied batch is in both databases")
 	assert.Len(t, stored(t, b.store), 3)
 
-	// A certificate of another CA is refused by both ends.
+	// A certificate of another CA is refused by both ends: a stranger does
+	// not trust the pair's certificate, and the pair does not take the
+	// stranger's even from a client that trusts the pair's CA.
 	stranger, err := NewReplica(a.store, a.election, "https://"+b.addr, foreign, log)
 	require.NoError(t, err)
-	assert.Error(t, stranger.send(ctx, batch{Epoch: a.election.Epoch(), Seq: 3}))
+	var unknownAuthority x509.UnknownAuthorityError
+	assert.ErrorAs(t, stranger.send(ctx, batch{Epoch: a.election.Epoch(), Seq: 3}), &unknownAuthority)
+	impostor, err := NewReplica(a.store, a.election, "https://"+b.addr, TLSFiles{CA: files.CA, Cert: foreign.Cert, Key: foreign.Key}, log)
+	require.NoError(t, err)
+	err = impostor.send(ctx, batch{Epoch: a.election.Epoch(), Seq: 3})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "bad certificate", "the standby's TLS refuses a certificate of another CA")
 
 	// The active stops (as if killed): its Lease runs out, the standby takes it.
 	oldEpoch := a.election.Epoch()
@@ -148,4 +158,33 @@ func TestPairFailsOverWithoutLosingAnAcknowledgedLease(t *testing.T) {
 	assert.Equal(t, "false", l.Labels[InSyncLabel], "the Lease says the standby is not in sync")
 	assert.EqualValues(t, b.election.Epoch(), *l.Spec.LeaseTransitions, "the epoch is the Lease's transition count")
 	assert.Equal(t, "lab-1", *l.Spec.HolderIdentity)
+
+	// Stopped, the active gives the Lease up: the record ends a second
+	// later and still names it.
+	b.stop()
+	require.Eventually(t, func() bool { return !b.election.leading.Load() }, 5*time.Second, 20*time.Millisecond)
+	released, err := b.election.Release(ctx)
+	require.NoError(t, err)
+	assert.True(t, released)
+	l, err = leases.Leases("default").Get(ctx, "hyperdhcpd-lab", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "lab-1", *l.Spec.HolderIdentity)
+	assert.EqualValues(t, 1, *l.Spec.LeaseDurationSeconds)
+	assert.Equal(t, "false", l.Labels[InSyncLabel], "the label stays")
+}
+
+// TestStandbyRefusesAnOlderEpoch: a standby that has seen epoch 5 refuses
+// a batch of epoch 4 (409), which the sender takes as fenced; it writes
+// nothing of it.
+func TestStandbyRefusesAnOlderEpoch(t *testing.T) {
+	store, err := leasedb.OpenSQLite(filepath.Join(t.TempDir(), "leases.db"))
+	require.NoError(t, err)
+	defer store.Close()
+	standby := &Replica{local: store, election: &Election{}, log: slog.Default(), epoch: 5, stream: 1, seq: 7, synced: true}
+	peer := httptest.NewServer(standby)
+	defer peer.Close()
+	former := &Replica{election: &Election{}, peerURL: peer.URL, client: peer.Client(), log: slog.Default()}
+	err = former.send(context.Background(), batch{Epoch: 4, Stream: 9, Seq: 1, Changes: []leasedb.Change{lease("192.168.50.100", 1)}})
+	assert.ErrorIs(t, err, ErrFenced)
+	assert.Empty(t, stored(t, store))
 }
