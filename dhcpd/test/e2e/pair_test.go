@@ -131,16 +131,51 @@ func countIn(path, text string) int {
 	return strings.Count(string(data), text)
 }
 
-// ready tells whether the replica in namespace ns says it is ready.
-func ready(ns string) bool {
-	out, err := exec.Command("ip", "netns", "exec", ns, "busybox", "wget", "-qO-", "http://127.0.0.1:8067/readyz").Output()
-	return err == nil && strings.Contains(string(out), "ok")
+// readyz is what the replica in namespace ns answers on /readyz: its
+// status line (busybox wget shows no body of an error).
+func readyz(ns string) string {
+	out, _ := exec.Command("ip", "netns", "exec", ns, "busybox", "wget", "-S", "-O-", "http://127.0.0.1:8067/readyz").CombinedOutput()
+	return string(out)
 }
 
-// active tells whether the replica in namespace ns says it is active.
+// active tells whether the replica in namespace ns says it is active
+// (false also when it cannot be asked).
 func active(ns string) bool {
 	out, err := exec.Command("ip", "netns", "exec", ns, "busybox", "wget", "-qO-", metricsURL).Output()
 	return err == nil && strings.Contains(string(out), "\nhyperdhcpd_ha_active 1\n")
+}
+
+// metricIn is one metric's value on the replica in namespace ns; it
+// fails the test when the replica cannot be asked.
+func metricIn(t *testing.T, ns, series string) float64 {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, "busybox", "wget", "-qO-", metricsURL).Output()
+	require.NoError(t, err, "metrics of the replica in %s", ns)
+	for _, line := range strings.Split(string(out), "\n") {
+		if value, ok := strings.CutPrefix(line, series+" "); ok {
+			v, err := strconv.ParseFloat(value, 64)
+			require.NoError(t, err)
+			return v
+		}
+	}
+	return 0
+}
+
+// isStandby tells that the replica in namespace ns runs and is not active.
+func isStandby(t *testing.T, ns string) bool {
+	t.Helper()
+	return metricIn(t, ns, "hyperdhcpd_ha_active") == 0
+}
+
+// waitServerExit waits up to d for replica lab-0 to end by itself.
+func (p *pairBed) waitServerExit(d time.Duration, msg string) {
+	p.t.Helper()
+	select {
+	case <-p.exited:
+		p.server = nil
+	case <-time.After(d):
+		p.t.Fatal(msg)
+	}
 }
 
 // obtainFrom runs udhcpc once in a new client namespace until it has a
@@ -209,12 +244,11 @@ func TestPairTakesOverWhenTheActiveIsKilled(t *testing.T) {
 	for ip, mac := range owner {
 		assert.Equal(t, mac, standby[ip], "the standby has %s's lease on %s before the ACK left", mac, ip)
 	}
-	assert.False(t, active(p.second.ns), "the standby does not answer")
+	assert.True(t, isStandby(t, p.second.ns), "the standby does not answer")
+	assert.Positive(t, metricIn(t, p.second.ns, `hyperdhcpd_packets_dropped_total{reason="standby"}`), "it counts the packets it leaves to the active")
 
 	killed := time.Now()
-	require.NoError(t, p.server.Process.Kill())
-	<-p.exited
-	p.server = nil
+	p.stopServer(syscall.SIGKILL)
 	ip, server := p.obtainFrom("02:00:5e:70:01:00")
 	takeover := time.Since(killed)
 	t.Logf("a new client got %s from %s %s after the active was killed", ip, server, takeover.Round(time.Millisecond))
@@ -248,7 +282,7 @@ func TestPairTakesOverWhenTheActiveIsKilled(t *testing.T) {
 	// The killed replica restarts as the standby and catches up.
 	p.startServer()
 	require.Eventually(t, func() bool { return countIn(p.logPath, "caught up with the active") > 0 }, 20*time.Second, 100*time.Millisecond)
-	assert.False(t, active(p.serverNS), "the restarted replica is the standby")
+	assert.True(t, isStandby(t, p.serverNS), "the restarted replica is the standby")
 	assert.True(t, active(p.second.ns))
 }
 
@@ -260,13 +294,13 @@ func TestNewReplicaNeverAnswersFirst(t *testing.T) {
 	p := newPairBed(t)
 	p.startSecond()
 	time.Sleep(ha.LeaseDuration + 2*ha.RetryPeriod)
-	assert.False(t, active(p.second.ns), "a replica that never caught up does not answer first")
-	assert.False(t, ready(p.second.ns), "nor is it ready: it could not take over")
+	assert.True(t, isStandby(t, p.second.ns), "a replica that never caught up does not answer first")
+	assert.Contains(t, readyz(p.second.ns), "503 Service Unavailable", "nor is it ready: it could not take over")
 	p.startServer()
 	require.Eventually(t, func() bool { return active(p.serverNS) }, 20*time.Second, 100*time.Millisecond, "the bootstrap replica takes the Lease")
 	require.Eventually(t, func() bool { return countIn(p.log1, "caught up with the active") > 0 }, 20*time.Second, 100*time.Millisecond)
-	assert.False(t, active(p.second.ns))
-	assert.True(t, ready(p.second.ns), "caught up, the standby is ready")
+	assert.True(t, isStandby(t, p.second.ns))
+	assert.Contains(t, readyz(p.second.ns), "200 OK", "caught up, the standby is ready")
 }
 
 // TestPairKillSeriesUnderLoad kills the active (-9) again and again
@@ -298,7 +332,7 @@ func TestPairKillSeriesUnderLoad(t *testing.T) {
 		caughtUp         func() int
 	}
 	first := replica{ip: "192.168.50.2", ns: p.serverNS, database: p.database,
-		kill:     func() { require.NoError(t, p.server.Process.Kill()); <-p.exited; p.server = nil },
+		kill:     func() { p.stopServer(syscall.SIGKILL) },
 		start:    p.startServer,
 		caughtUp: func() int { return countIn(p.logPath, "caught up with the active") }}
 	second := replica{ip: standbyIP, ns: p.second.ns, database: p.database1,
@@ -326,11 +360,7 @@ func TestPairKillSeriesUnderLoad(t *testing.T) {
 		activeOne, standbyOne = standbyOne, activeOne
 		time.Sleep(time.Second) // the new active's heartbeat finds the standby in sync
 	}
-	time.Sleep(500 * time.Millisecond) // the capture's last lines
-
-	acks := capture.acks()
-	require.NotEmpty(t, acks)
-	auditACKs(t, acks)
+	acks := capture.audit(t)
 	owner := map[string]string{} // the last client each address was ACKed to
 	for _, a := range acks {
 		owner[a.ip] = a.mac
@@ -371,12 +401,7 @@ func TestPausedActiveAcknowledgesNothingAfterTakeover(t *testing.T) {
 		assert.Equal(t, standbyIP, server)
 	}
 	require.NoError(t, p.server.Process.Signal(syscall.SIGCONT))
-	select {
-	case <-p.exited:
-		p.server = nil
-	case <-time.After(15 * time.Second):
-		t.Fatal("the former active did not step down")
-	}
+	p.waitServerExit(15*time.Second, "the former active did not step down")
 	assert.Positive(t, countIn(p.logPath, "lost the Lease"))
 	time.Sleep(500 * time.Millisecond) // the capture's last lines
 	acks := capture.acksFrom("192.168.50.2")
@@ -396,6 +421,13 @@ func (p *pairBed) up() {
 	require.Eventually(p.t, func() bool { return countIn(p.logPath, "the standby is in sync again") > 0 }, 20*time.Second, 100*time.Millisecond)
 }
 
+// standbyNotMarkedBehind: the Lease says the standby is in sync, or says
+// nothing of it (it was never marked).
+func (p *pairBed) standbyNotMarkedBehind() bool {
+	label := p.inSyncLabel()
+	return label == "true" || label == ""
+}
+
 // inSyncLabel is what the Lease says of the standby.
 func (p *pairBed) inSyncLabel() string {
 	lease := &coordinationv1.Lease{}
@@ -413,7 +445,7 @@ func (p *pairBed) inSyncLabel() string {
 func TestReplicationCutLeavesTheActiveServingAlone(t *testing.T) {
 	p := newPairBed(t)
 	p.up()
-	require.Eventually(t, func() bool { return p.inSyncLabel() != "false" }, 5*time.Second, 100*time.Millisecond)
+	require.Eventually(t, func() bool { return p.standbyNotMarkedBehind() }, 5*time.Second, 100*time.Millisecond)
 	restore := p.cutReplication()
 
 	lease := p.obtainLease("02:00:5e:72:00:01")
@@ -423,7 +455,7 @@ func TestReplicationCutLeavesTheActiveServingAlone(t *testing.T) {
 	assert.Equal(t, "false", p.inSyncLabel(), "after marking the Lease")
 	assert.Positive(t, countIn(p.logPath, "going on alone"))
 	time.Sleep(ha.LeaseDuration + 2*ha.RetryPeriod)
-	assert.False(t, active(p.second.ns), "the standby does not take a Lease the active renews")
+	assert.True(t, isStandby(t, p.second.ns), "the standby does not take a Lease the active renews")
 	assert.NotContains(t, storedBound(t, p.database1), ip)
 
 	restore()
@@ -474,7 +506,7 @@ func TestPairRollingUpdate(t *testing.T) {
 	before := countIn(p.log1, "caught up with the active")
 	p.startSecond()
 	require.Eventually(t, func() bool { return countIn(p.log1, "caught up with the active") > before }, 20*time.Second, 100*time.Millisecond)
-	require.Eventually(t, func() bool { return p.inSyncLabel() != "false" }, 10*time.Second, 100*time.Millisecond)
+	require.Eventually(t, func() bool { return p.standbyNotMarkedBehind() }, 10*time.Second, 100*time.Millisecond)
 	time.Sleep(time.Second) // a heartbeat finds the standby where the stream stands
 
 	// Then the active: it gives its Lease up as it stops.
@@ -545,9 +577,7 @@ func TestTakeoverFromALoneActiveWaitsOutTheMCLT(t *testing.T) {
 	require.Equal(t, "false", p.inSyncLabel())
 
 	killed := time.Now()
-	require.NoError(t, p.server.Process.Kill())
-	<-p.exited
-	p.server = nil
+	p.stopServer(syscall.SIGKILL)
 	_, server := p.obtainFrom("02:00:5e:77:00:02")
 	served := time.Since(killed)
 	assert.Equal(t, standbyIP, server)
@@ -555,13 +585,7 @@ func TestTakeoverFromALoneActiveWaitsOutTheMCLT(t *testing.T) {
 	assert.Greater(t, served, mclt+ha.LeaseDuration-time.Second, "nothing new before the MCLT after the takeover")
 	t.Logf("after a takeover from a lone active, a new client was served %s after the kill", served.Round(time.Millisecond))
 
-	time.Sleep(500 * time.Millisecond) // the capture's last lines
-	acks := capture.acks()
-	require.NotEmpty(t, acks)
-	for _, a := range acks {
-		require.Positive(t, a.lease, "the capture shows each ACK's lease time")
-	}
-	auditACKs(t, acks)
+	capture.audit(t)
 }
 
 // TestActiveCutFromTheAPIHandsOver: the active loses its way to the API
@@ -583,12 +607,7 @@ func TestActiveCutFromTheAPIHandsOver(t *testing.T) {
 	t.Logf("a new client was answered by the standby %s after the cut", time.Since(cut).Round(time.Millisecond))
 
 	forwardAPIServer(t, p.serverNS, p.apiHost)
-	select {
-	case <-p.exited:
-		p.server = nil
-	case <-time.After(20 * time.Second):
-		t.Fatal("the former active did not step down once it saw the new holder")
-	}
+	p.waitServerExit(20*time.Second, "the former active did not step down once it saw the new holder")
 	assert.Positive(t, countIn(p.logPath, "lost the Lease"))
 }
 
@@ -625,9 +644,7 @@ func TestAPIServerDownLeavesRenewalsOnly(t *testing.T) {
 	_, err := stranger.command("busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-s", stranger.hook(false), "-t", "3", "-T", "1").CombinedOutput()
 	assert.Error(t, err, "no new client without the Lease")
 
-	require.NoError(t, p.server.Process.Kill())
-	<-p.exited
-	p.server = nil
+	p.stopServer(syscall.SIGKILL)
 	ev, i := client.c.waitEvent(client.seen, 70*time.Second, "renew")
 	client.seen = i + 1
 	assert.Equal(t, held, ev.env["ip"], "the client keeps its address")
@@ -672,10 +689,14 @@ type ack struct {
 	lease           time.Duration
 }
 
-// auditACKs reports every address ACKed to a client while another
-// client's lease on it, as ACKed on the wire, had not ended.
-func auditACKs(t *testing.T, acks []ack) {
+// audit reports every address ACKed to a client while another client's
+// lease on it, as ACKed on the wire, had not ended, once the capture has
+// its last lines; it returns the ACKs.
+func (c *dhcpCapture) audit(t *testing.T) []ack {
 	t.Helper()
+	time.Sleep(500 * time.Millisecond) // the capture's last lines
+	acks := c.acks()
+	require.NotEmpty(t, acks)
 	type holder struct {
 		mac   string
 		until time.Time
@@ -686,8 +707,10 @@ func auditACKs(t *testing.T, acks []ack) {
 			t.Errorf("%s was ACKed to %s until %s and, by %s at %s, to %s", a.ip, h.mac, h.until.Format(time.StampMicro),
 				a.server, a.at.Format(time.StampMicro), a.mac)
 		}
+		require.Positive(t, a.lease, "the capture shows each ACK's lease time")
 		held[a.ip] = holder{mac: a.mac, until: a.at.Add(a.lease)}
 	}
+	return acks
 }
 
 // acks returns every DHCPACK on the wire, in order.

@@ -598,7 +598,9 @@ func TestPairIsRenderedAndRemoved(t *testing.T) {
 	for i, n := range []string{name, name + "-1"} {
 		eventually(t, deployments[i], key(ns, n), func() bool { return true }, "Deployment "+n)
 		require.NoError(t, admin.Get(t.Context(), key(ns, n), &corev1.ConfigMap{}))
-		require.NoError(t, admin.Get(t.Context(), key(ns, n), &corev1.Service{}))
+		svc := &corev1.Service{}
+		require.NoError(t, admin.Get(t.Context(), key(ns, n), svc))
+		assert.True(t, svc.Spec.PublishNotReadyAddresses, "a standby catches up through its Service before it is ready")
 		require.NoError(t, admin.Get(t.Context(), key(ns, n+"-leases"), &corev1.PersistentVolumeClaim{}))
 	}
 	require.NoError(t, admin.Get(t.Context(), key(ns, name), &coordinationv1.Lease{}))
@@ -632,7 +634,9 @@ func TestPairIsRenderedAndRemoved(t *testing.T) {
 			apierrors.IsNotFound(admin.Get(t.Context(), key(ns, render.PairSecretName(server)), &corev1.Secret{})) &&
 			apierrors.IsNotFound(admin.Get(t.Context(), key(ns, name), &coordinationv1.Lease{}))
 	}, timeout, interval, "the second replica and the pair's objects go")
-	require.NoError(t, admin.Get(t.Context(), key(ns, name+"-1-leases"), &corev1.PersistentVolumeClaim{}), "its lease volume stays")
+	pvc := &corev1.PersistentVolumeClaim{}
+	require.NoError(t, admin.Get(t.Context(), key(ns, name+"-1-leases"), pvc), "its lease volume stays")
+	assert.Nil(t, pvc.DeletionTimestamp, "and is not being deleted")
 }
 
 // TestPairRollsTheStandbyFirst: a restart-only edit (the image) rolls the
@@ -672,6 +676,19 @@ func TestPairRollsTheStandbyFirst(t *testing.T) {
 
 	markAvailable(t, standby) // the new pod is ready: it has caught up
 	eventually(t, active, key(ns, name), func() bool { return image(active) == "registry.example/hyperdhcpd:next" }, "then the active rolls")
+
+	// An active that serves nobody (its new image crashes, say) is not
+	// held: the fix reaches both, though the standby cannot catch up.
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := admin.Get(t.Context(), client.ObjectKeyFromObject(active), active); err != nil {
+			return err
+		}
+		active.Status = appsv1.DeploymentStatus{ObservedGeneration: active.Generation, Replicas: 1, UpdatedReplicas: 1}
+		return admin.Status().Update(t.Context(), active)
+	}))
+	updateServer(t, server, func(s *hyperdhcpv1beta1.ServerSpec) { s.Image = "registry.example/hyperdhcpd:fix" })
+	eventually(t, active, key(ns, name), func() bool { return image(active) == "registry.example/hyperdhcpd:fix" },
+		"the unavailable active rolls without waiting for the standby")
 }
 
 // TestSingleServerLeavesAServerNamedLikeItsSecondReplica: Server "lab"
@@ -692,4 +709,22 @@ func TestSingleServerLeavesAServerNamedLikeItsSecondReplica(t *testing.T) {
 	eventually(t, cm, key(ns, render.Name(lab)), func() bool { return strings.Contains(cm.Data[render.ConfigKey], "192.168.50.53") }, "lab reconciled")
 	require.NoError(t, admin.Get(t.Context(), key(ns, render.Name(neighbour)), d))
 	assert.Equal(t, uid, d.UID, "the neighbour's Deployment is untouched")
+}
+
+// TestActiveReplicaIsTheLeaseHolderFirst: the replica rolled last is the
+// Lease's holder, else the one status names, else replica 0; the other is
+// reconciled first.
+func TestActiveReplicaIsTheLeaseHolderFirst(t *testing.T) {
+	server := &hyperdhcpv1beta1.Server{ObjectMeta: metav1.ObjectMeta{Name: "lab", Namespace: "ns"},
+		Spec: hyperdhcpv1beta1.ServerSpec{HighAvailability: &hyperdhcpv1beta1.HighAvailabilitySpec{StandbyServerIP: "192.168.50.3/24"}}}
+	replicas := render.Replicas(server)
+	first, second := render.ReplicaName(server, replicas[0]), render.ReplicaName(server, replicas[1])
+	assert.Equal(t, 0, activeReplica(server, ""), "unknown: replica 0")
+	server.Status.HighAvailability = &hyperdhcpv1beta1.HighAvailabilityStatus{Active: second}
+	assert.Equal(t, 1, activeReplica(server, ""), "from status")
+	assert.Equal(t, 0, activeReplica(server, first), "the Lease holder over a stale status")
+	ordered := standbyFirst(replicas, 0)
+	assert.Equal(t, []int{1, 0}, []int{ordered[0].Index, ordered[1].Index})
+	ordered = standbyFirst(replicas, 1)
+	assert.Equal(t, []int{0, 1}, []int{ordered[0].Index, ordered[1].Index})
 }
